@@ -1,0 +1,50 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+PYTHON := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install demo test test-postgres test-e2e lint serve clean
+
+$(UV):
+	$(PY) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target $(TOOLS) uv
+
+$(VENV)/.installed: pyproject.toml | $(UV)
+	test -d $(VENV) || $(UV) venv --quiet --python $(PY) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PYTHON) manage.py migrate --noinput
+	$(PYTHON) manage.py seed_demo
+	$(PYTHON) manage.py collectstatic --noinput --verbosity 0
+	@echo ""
+	@echo "Skyport demo on http://$(HOST):$(PORT)/  (password for every demo user: skyport-demo)"
+	@echo "  marty (manager) · sarah (security) · sam (admin) · dennis (designer) · connor (member) · vera (viewer) · mallory (Globex admin)"
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) portal.asgi:application
+
+test: install
+	$(PYTHON) -m pytest -n 2 -m "not e2e and not postgres" $(PYTEST_ARGS)
+
+test-postgres: install
+	$(PYTHON) -m pytest -n 2 -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: install
+	$(PYTHON) -m pytest -m e2e -p no:xdist $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy portal apps
+
+serve: install
+	$(PYTHON) manage.py migrate --noinput
+	$(PYTHON) manage.py collectstatic --noinput --verbosity 0
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) portal.asgi:application
+
+clean:
+	rm -rf $(VENV) $(TOOLS) staticfiles
