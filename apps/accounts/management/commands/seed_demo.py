@@ -1,0 +1,14 @@
+from django.core.management.base import BaseCommand
+
+from apps.accounts.demo import DEMO_PASSWORD, DEMO_USERS, seed_accounts
+
+
+class Command(BaseCommand):
+    help = "Create (or complete) the demo organisations, projects and one user per persona. Safe to run twice."
+
+    def handle(self, *args, **options):
+        seed_accounts()
+        self.stdout.write(self.style.SUCCESS("Demo data ready. Sign in with any of these (password: %s):" % DEMO_PASSWORD))
+        for username, (full_name, grants) in DEMO_USERS.items():
+            roles = ", ".join(f"{r} in {o}{'/' + p if p else ''}" for o, p, r in grants)
+            self.stdout.write(f"  {username:<8} {full_name:<18} {roles}")

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CloudsConfig(AppConfig):
+    name = "apps.clouds"
+    label = "clouds"
