@@ -20,7 +20,7 @@ class SkyportUserManager(UserManager):
     def get_by_login(self, login: str) -> User:
         login = (login or "").strip()
         field = "email__iexact" if "@" in login else "username__iexact"
-        return self.get(**{field: login})
+        return self.get(**{field: login})  # type: ignore[return-value]
 
 
 class User(AbstractUser):
@@ -145,7 +145,7 @@ class Membership(TenantModel):
         ]
 
     def __str__(self) -> str:
-        where = self.project.name if self.project_id else self.organization.name
+        where = self.project.name if self.project is not None else self.organization.name
         return f"{self.user} — {self.role} in {where}"
 
     @property

@@ -85,6 +85,8 @@ def record(
     if extra:
         changes["_"] = {k: (REDACTED if is_secret_field(k) else _plain(v)) for k, v in extra.items()}
     is_user = actor is not None and getattr(actor, "is_authenticated", False)
+    if organization_id is None:
+        raise ValueError(f"audit event {verb!r} needs an organisation")
     event = AuditEvent(
         organization_id=organization_id,
         project_id=project_id,

@@ -46,7 +46,7 @@ class AuditEvent(TenantModel):
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    objects = AuditManager()
+    objects = AuditManager()  # type: ignore[misc]
 
     class Meta:
         ordering = ["-created_at", "-id"]

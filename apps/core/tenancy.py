@@ -60,7 +60,7 @@ class ScopedQuerySet(models.QuerySet):
             )
 
     def _mark_scoped(self) -> ScopedQuerySet:
-        clone = self._chain()
+        clone = self._chain()  # type: ignore[attr-defined]
         clone._skyport_scoped = True
         return clone
 
@@ -220,7 +220,7 @@ class TenantModel(ScopedModel):
                 {"organization": "A row cannot move to another organisation."}, code="cross_tenant"
             )
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:  # noqa: DJ012
         self.check_tenant_consistency()
         super().save(*args, **kwargs)
         self._loaded_organization_id = self.organization_id
