@@ -35,7 +35,8 @@ test-postgres: install
 	$(PYTHON) -m pytest -n 2 -m "not e2e" $(PYTEST_ARGS)
 
 test-e2e: install
-	$(PYTHON) -m pytest -m e2e -p no:xdist $(PYTEST_ARGS)
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	DJANGO_ALLOW_ASYNC_UNSAFE=true $(PYTHON) -m pytest -m e2e -p no:xdist tests/e2e $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

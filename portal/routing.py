@@ -1,1 +1,9 @@
-websocket_urlpatterns: list = []
+"""Websocket routes. portal/asgi.py wraps them in the origin check and SessionOrTokenAuthMiddleware."""
+
+from django.urls import path
+
+from apps.accounts.consumers import NotificationConsumer
+
+websocket_urlpatterns = [
+    path("ws/notifications/", NotificationConsumer.as_asgi()),
+]

@@ -4,8 +4,10 @@ With nothing set it runs the embedded demo: SQLite (WAL), in-memory channel laye
 scheduler. DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and SKYPORT_FERNET_KEYS switch to production.
 """
 
+import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import environ
 
@@ -96,6 +98,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: channel layer, Celery broker, shared cache ----------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 SKYPORT_REDIS_PREFIX = env.str("SKYPORT_REDIS_PREFIX", default="skyport")
+if TESTING and REDIS_URL and os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    # the suite's cache.clear() flushes a whole Redis database: each xdist worker gets its own (base db + N)
+    _redis = urlsplit(REDIS_URL)
+    _redis_db = (int(_redis.path.strip("/") or 0) + int(os.environ["PYTEST_XDIST_WORKER"][2:])) % 16
+    REDIS_URL = urlunsplit(_redis._replace(path=f"/{_redis_db}"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -129,7 +136,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-memberships": {"task": "apps.accounts.tasks.expire_memberships", "schedule": 60.0},
     "prune-notifications": {"task": "apps.accounts.tasks.prune_notifications", "schedule": 3600.0},
 }
-SKYPORT_INPROCESS_SCHEDULER = env.bool("SKYPORT_INPROCESS_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER)
+# never under tests: a background thread would run the periodic tasks against the test database
+SKYPORT_INPROCESS_SCHEDULER = env.bool(
+    "SKYPORT_INPROCESS_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER and not TESTING
+)
 
 # --- auth -----------------------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -187,6 +197,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "InvitationStatusEnum": "apps.accounts.api.serializers.INVITATION_STATES",
+        "TokenStatusEnum": "apps.accounts.api.serializers.TOKEN_STATES",
+    },
 }
 
 # --- static files -----------------------------------------------------------------------------------------------

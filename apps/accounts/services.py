@@ -148,6 +148,9 @@ def membership_update(
     *, actor: User, membership: Membership, role: str | None = None, expires_at: Any = ...
 ) -> Membership:
     require(actor, "members.manage", membership)
+    # admin rows first, then this row (the order _ensure_admin_remains locks in): two admins changing each other
+    # at once queue up instead of deadlocking
+    _lock_org_admins(membership.organization_id)
     membership = Membership.objects.all_tenants().select_for_update().get(pk=membership.pk)
     before = audit.snapshot(membership, MEMBERSHIP_FIELDS)
     new_role = role or membership.role
@@ -176,6 +179,7 @@ def membership_update(
 @transaction.atomic
 def membership_remove(*, actor: User, membership: Membership) -> None:
     require(actor, "members.manage", membership)
+    _lock_org_admins(membership.organization_id)  # same lock order as membership_update
     membership = Membership.objects.all_tenants().select_for_update().get(pk=membership.pk)
     _ensure_admin_remains(membership.organization_id, membership)
     user = membership.user
@@ -449,7 +453,10 @@ def notification_send(
     )
     send_on_commit(
         user_group(recipient.pk),
-        {"type": "notification.new", "id": note.pk, "text": note.text, "level": note.level, "link": note.link},
+        {
+            "type": "notification.new", "id": note.pk, "organization_id": organization_id,
+            "text": note.text, "level": note.level, "link": note.link,
+        },
     )
     if email and recipient.email:
         transaction.on_commit(

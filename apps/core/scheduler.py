@@ -31,6 +31,8 @@ def run_due(state: dict[str, float], now: float) -> list[str]:
     """Run every entry whose interval has elapsed; returns the names run. Separate from the loop for tests."""
     from portal.celery import app
 
+    # task autodiscovery is lazy (a worker triggers it at start-up): this process imports tasks modules itself
+    app.autodiscover_tasks(force=True)
     ran = []
     for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
         interval = _interval(entry["schedule"])

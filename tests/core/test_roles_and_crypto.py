@@ -31,7 +31,7 @@ def test_viewer_only_reads():
 def test_project_roles():
     assert role_allows(Role.DESIGNER, "images.manage") and role_allows(Role.DESIGNER, "deployments.launch")
     assert role_allows(Role.MEMBER, "deployments.launch") and not role_allows(Role.MEMBER, "images.manage")
-    assert ORG_ROLES.isdisjoint(PROJECT_ROLES) and ORG_ROLES | PROJECT_ROLES == set(Role)
+    assert ORG_ROLES.isdisjoint(PROJECT_ROLES) and set(Role) == ORG_ROLES | PROJECT_ROLES
 
 
 def test_unknown_action_is_a_programming_error():

@@ -1,0 +1,112 @@
+"""Browser tests: real Chromium (Debian's /usr/bin/chromium) against daphne serving Skyport in a subprocess, on a
+file-based SQLite database seeded with the demo, so websockets and live updates are the real thing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("SKYPORT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    workdir = tmp_path_factory.mktemp("e2e")
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{workdir / 'e2e.sqlite3'}",
+        "SKYPORT_TESTING": "1",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SKYPORT_INPROCESS_SCHEDULER": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("REDIS_URL", None)
+    python = sys.executable
+    for cmd in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
+        subprocess.run([python, "manage.py", *cmd], cwd=ROOT, env=env, check=True, capture_output=True)
+    port = _free_port()
+    log = open(workdir / "daphne.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/accounts/login/", timeout=1)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("daphne did not start: " + (workdir / "daphne.log").read_text()[-2000:]) from None
+            time.sleep(0.2)
+    yield {"url": url, "env": env, "workdir": workdir}
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: run `make test-e2e`, which installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def login(server, browser):
+    """login(username, **context_options) → a Playwright page signed in as that demo user; console errors are
+    collected in page.console_errors."""
+    contexts = []
+
+    def make(username: str, **options):
+        context = browser.new_context(base_url=server["url"], **options)
+        contexts.append(context)
+        page = context.new_page()
+        page.console_errors = []
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        page.goto("/accounts/login/")
+        page.fill("input[name=username]", username)
+        page.fill("input[name=password]", "skyport-demo")
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+        return page
+
+    yield make
+    for c in contexts:
+        c.close()
