@@ -19,6 +19,14 @@ def _isolated_cache():
     cache.clear()
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    # seed once per test database; every test runs in a transaction that rolls back to this state
+    # (transactional tests flush the tables, and `personas` seeds again when it finds them empty)
+    with django_db_blocker.unblock():
+        seed_accounts()
+
+
 @pytest.fixture
 def personas(db) -> dict[str, User]:
     return seed_accounts()
@@ -78,3 +86,18 @@ def api():
         return client
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say what the generated isolation walk covered and what it left out, with the reasons."""
+    try:
+        from tests import test_route_walk as walk
+    except Exception:  # the walk was not importable in this process (e.g. a partial run)
+        return
+    if not any("test_route_walk" in str(getattr(r, "nodeid", "")) for r in terminalreporter.stats.get("passed", [])):
+        return
+    terminalreporter.write_line(
+        f"isolation walk: {len(walk.ROUTES)} routes walked, {len(walk.EXCLUDED)} excluded:"
+    )
+    for name, reason in sorted(walk.EXCLUDED.items()):
+        terminalreporter.write_line(f"  - {name}: {reason}")
