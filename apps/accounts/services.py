@@ -296,7 +296,7 @@ def invitation_create(
     )
     audit.record(actor=actor, verb="invitation.create", obj=invitation,
                  after={"email": email, "role": role, "project": project.slug if project else None})
-    link = settings.SKYPORT_PUBLIC_URL.rstrip("/") + reverse("accounts:invitation-accept", args=[secret])
+    link = invitation_link(secret)
     where = f"project {project.name} of {organization.name}" if project else organization.name
     transaction.on_commit(
         lambda: send_mail(
@@ -311,6 +311,10 @@ def invitation_create(
         )
     )
     return invitation, secret
+
+
+def invitation_link(secret: str) -> str:
+    return settings.SKYPORT_PUBLIC_URL.rstrip("/") + reverse("accounts:invitation-accept", args=[secret])
 
 
 @transaction.atomic

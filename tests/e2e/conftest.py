@@ -101,7 +101,7 @@ def login(server, browser):
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         page.goto("/accounts/login/")
-        page.fill("input[name=username]", username)
+        page.fill("input[name=login]", username)
         page.fill("input[name=password]", "skyport-demo")
         page.click("button[type=submit]")
         page.wait_for_load_state("networkidle")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions
 from rest_framework.decorators import action
@@ -103,10 +101,6 @@ class MembershipViewSet(TenantViewSet):
         services.membership_remove(actor=self.request.user, membership=instance)
 
 
-def invitation_accept_url(secret: str) -> str:
-    return settings.SKYPORT_PUBLIC_URL.rstrip("/") + reverse("accounts:invitation-accept", args=[secret])
-
-
 class InvitationViewSet(TenantListCreateDestroyViewSet):
     """Invitations of your organisations (needs `members.manage`). DELETE revokes a pending invitation."""
 
@@ -126,7 +120,7 @@ class InvitationViewSet(TenantListCreateDestroyViewSet):
     def perform_create(self, serializer: Any) -> None:
         invitation, secret = services.invitation_create(actor=self.request.user, **serializer.validated_data)
         # the link carries the secret: it is in this response and the email, and stored nowhere
-        invitation.accept_url = invitation_accept_url(secret)
+        invitation.accept_url = services.invitation_link(secret)
         serializer.instance = invitation
 
     def perform_destroy(self, instance: Invitation) -> None:
