@@ -375,6 +375,12 @@ def invitation_accept(*, user: User, secret: str) -> Membership:
     forget_access(user)
     audit.record(actor=user, verb="invitation.accept", obj=invitation,
                  extra={"role": invitation.role, "membership": membership.pk})
+    where = invitation.project.name if invitation.project else invitation.organization.name
+    notification_send(
+        recipient=inviter, organization_id=invitation.organization_id, level=Notification.Level.SUCCESS,
+        text=f"{user.display_name} accepted your invitation and joined {where} as {invitation.role}.",
+        link=reverse("core:members"),
+    )
     return membership
 
 

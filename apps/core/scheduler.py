@@ -16,6 +16,7 @@ from django.db import close_old_connections
 
 log = logging.getLogger(__name__)
 _started = threading.Event()
+_discovered = threading.Event()
 
 
 def _interval(schedule: Any) -> float:
@@ -31,8 +32,10 @@ def run_due(state: dict[str, float], now: float) -> list[str]:
     """Run every entry whose interval has elapsed; returns the names run. Separate from the loop for tests."""
     from portal.celery import app
 
-    # task autodiscovery is lazy (a worker triggers it at start-up): this process imports tasks modules itself
-    app.autodiscover_tasks(force=True)
+    if not _discovered.is_set():
+        # task autodiscovery is lazy (a worker triggers it at start-up): this process imports the tasks modules once
+        app.autodiscover_tasks(force=True)
+        _discovered.set()
     ran = []
     for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
         interval = _interval(entry["schedule"])

@@ -113,6 +113,9 @@
       if (!message || typeof message.type !== "string") {
         return;
       }
+      if (message.type === "hello") {
+        live.setAttribute("data-state", "live"); // the server knows this page is listening
+      }
       switch (message.type) {
         case "hello":
         case "notification.read":

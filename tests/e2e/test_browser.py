@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 
 import pytest
+
+from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +65,26 @@ def test_token_is_shown_once_and_works(login, server):
     assert "laptop" in page.content()
     assert secret not in page.content()
     assert page.console_errors == []
+
+
+def test_removed_member_is_signed_out_live(login, server):
+    """Sam removes Vera's role; Vera's open page learns it over the websocket at once, without polling."""
+    vera = login("vera")
+    vera.wait_for_selector("#notifications-live[data-state=live]", state="attached")
+    sam = login("sam")
+    sam.goto("/org/members/")
+    sam.on("dialog", lambda dialog: dialog.accept())
+    row = sam.locator("tr", has_text="vera").filter(has_text="Web")
+    row.locator("button", has_text="Remove").click()
+    sam.wait_for_load_state("networkidle")
+    assert "vera" not in sam.locator("table").inner_text()
+
+    try:
+        vera.wait_for_selector("text=Your session has ended", timeout=10_000)
+        vera.click("text=Sign in again")
+        vera.wait_for_load_state("networkidle")
+        assert "/accounts/login/" in vera.url
+        assert vera.console_errors == []
+    finally:  # give Vera her role back for the other tests on this server
+        subprocess.run([sys.executable, "manage.py", "seed_demo"], cwd=ROOT, env=server["env"], check=True,
+                       capture_output=True)
