@@ -41,6 +41,18 @@ class UsernameReadField(serializers.SlugRelatedField):
         super().__init__(slug_field="username", read_only=True, **kwargs)
 
 
+class ShownOnceField(serializers.CharField):
+    """A secret shown in one response only. The view hands it over in the serializer context under `context_key`:
+    it is stored nowhere, not even on the model instance."""
+
+    def __init__(self, *, context_key: str, **kwargs: Any) -> None:
+        self.context_key = context_key
+        super().__init__(read_only=True, **kwargs)
+
+    def get_attribute(self, instance: Any) -> str:
+        return self.context[self.context_key]
+
+
 # --- organisations and projects -----------------------------------------------------------------------------
 class OrganizationSerializer(TenantModelSerializer):
     """An organisation you belong to."""
@@ -79,7 +91,7 @@ class ProjectSerializer(TenantModelSerializer):
 class ProjectUpdateSerializer(TenantModelSerializer):
     """The fields of a project that can change."""
 
-    organization = serializers.PrimaryKeyRelatedField(read_only=True)
+    organization: serializers.PrimaryKeyRelatedField[Organization] = serializers.PrimaryKeyRelatedField(read_only=True)
 
     class Meta:
         model = Project
@@ -91,14 +103,17 @@ class ProjectUpdateSerializer(TenantModelSerializer):
 class MembershipSerializer(TenantModelSerializer):
     """A role of a user in an organisation (no project) or in one of its projects."""
 
-    user = username_field(help_text="Username of somebody who already belongs to the organisation.")
+    # MembershipUpdateSerializer makes these read-only: typed as the base class both variants share
+    user: serializers.SlugRelatedField[User] = username_field(
+        help_text="Username of somebody who already belongs to the organisation."
+    )
     user_display_name = serializers.CharField(source="user.display_name", read_only=True)
-    organization = ScopedPrimaryKeyRelatedField(
+    organization: serializers.PrimaryKeyRelatedField[Organization] = ScopedPrimaryKeyRelatedField(
         Organization,
         required=False,
         help_text="Id of the organisation; may be left out when `project` is given.",
     )
-    project = ScopedPrimaryKeyRelatedField(
+    project: serializers.PrimaryKeyRelatedField[Project] = ScopedPrimaryKeyRelatedField(
         Project,
         required=False,
         allow_null=True,
@@ -124,9 +139,9 @@ class MembershipSerializer(TenantModelSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         organization, project = attrs.get("organization"), attrs.get("project")
-        if organization is None and project is None:
-            raise serializers.ValidationError({"organization": ["This field is required."]})
         if organization is None:
+            if project is None:
+                raise serializers.ValidationError({"organization": ["This field is required."]})
             organization = attrs["organization"] = project.organization
         if project is not None and project.organization_id != organization.pk:
             raise serializers.ValidationError({"project": ["This project belongs to another organisation."]})
@@ -202,9 +217,9 @@ class InvitationSerializer(TenantModelSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         organization, project = attrs.get("organization"), attrs.get("project")
-        if organization is None and project is None:
-            raise serializers.ValidationError({"organization": ["This field is required."]})
         if organization is None:
+            if project is None:
+                raise serializers.ValidationError({"organization": ["This field is required."]})
             attrs["organization"] = project.organization
         elif project is not None and project.organization_id != organization.pk:
             raise serializers.ValidationError({"project": ["This project belongs to another organisation."]})
@@ -214,8 +229,8 @@ class InvitationSerializer(TenantModelSerializer):
 class InvitationCreatedSerializer(InvitationSerializer):
     """A new invitation, with its accept link (shown this once)."""
 
-    accept_url = serializers.CharField(
-        read_only=True,
+    accept_url = ShownOnceField(
+        context_key="accept_url",
         help_text="The link the invitee opens. Shown in this response only; it is also emailed.",
     )
 
@@ -272,8 +287,8 @@ class ApiTokenSerializer(TenantModelSerializer):
 class ApiTokenCreatedSerializer(ApiTokenSerializer):
     """A new API token, with its secret (shown this once)."""
 
-    secret = serializers.CharField(
-        read_only=True, help_text="The token itself. Shown in this response only: store it now."
+    secret = ShownOnceField(
+        context_key="secret", help_text="The token itself. Shown in this response only: store it now."
     )
 
     class Meta(ApiTokenSerializer.Meta):
@@ -284,7 +299,7 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 class NotificationSerializer(TenantModelSerializer):
     """A notification for you."""
 
-    organization = serializers.PrimaryKeyRelatedField(read_only=True)
+    organization: serializers.PrimaryKeyRelatedField[Organization] = serializers.PrimaryKeyRelatedField(read_only=True)
 
     class Meta:
         model = Notification

@@ -22,6 +22,7 @@ from apps.core.api.views import (
     TenantReadOnlyViewSet,
     TenantViewSet,
     TokenScopePermission,
+    authenticated_user,
 )
 from apps.core.permissions import ServiceError
 from apps.core.roles import ACTIONS
@@ -41,7 +42,7 @@ class OrganizationViewSet(TenantViewSet):
         organization = serializer.instance
         if "name" in serializer.validated_data:
             organization = services.organization_update(
-                actor=self.request.user, organization=organization, name=serializer.validated_data["name"]
+                actor=self.user, organization=organization, name=serializer.validated_data["name"]
             )
         serializer.instance = organization
 
@@ -61,11 +62,11 @@ class ProjectViewSet(TenantViewSet):
         return serializers.ProjectSerializer
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = services.project_create(actor=self.request.user, **serializer.validated_data)
+        serializer.instance = services.project_create(actor=self.user, **serializer.validated_data)
 
     def perform_update(self, serializer: Any) -> None:
         serializer.instance = services.project_update(
-            actor=self.request.user, project=serializer.instance, **serializer.validated_data
+            actor=self.user, project=serializer.instance, **serializer.validated_data
         )
 
 
@@ -86,19 +87,19 @@ class MembershipViewSet(TenantViewSet):
         return serializers.MembershipSerializer
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = services.membership_create(actor=self.request.user, **serializer.validated_data)
+        serializer.instance = services.membership_create(actor=self.user, **serializer.validated_data)
 
     def perform_update(self, serializer: Any) -> None:
         data = serializer.validated_data
         serializer.instance = services.membership_update(
-            actor=self.request.user,
+            actor=self.user,
             membership=serializer.instance,
             role=data.get("role"),
             expires_at=data.get("expires_at", ...),
         )
 
     def perform_destroy(self, instance: Membership) -> None:
-        services.membership_remove(actor=self.request.user, membership=instance)
+        services.membership_remove(actor=self.user, membership=instance)
 
 
 class InvitationViewSet(TenantListCreateDestroyViewSet):
@@ -118,13 +119,13 @@ class InvitationViewSet(TenantListCreateDestroyViewSet):
         return serializers.InvitationSerializer
 
     def perform_create(self, serializer: Any) -> None:
-        invitation, secret = services.invitation_create(actor=self.request.user, **serializer.validated_data)
+        invitation, secret = services.invitation_create(actor=self.user, **serializer.validated_data)
         # the link carries the secret: it is in this response and the email, and stored nowhere
-        invitation.accept_url = services.invitation_link(secret)
+        serializer.context["accept_url"] = services.invitation_link(secret)
         serializer.instance = invitation
 
     def perform_destroy(self, instance: Invitation) -> None:
-        services.invitation_revoke(actor=self.request.user, invitation=instance)
+        services.invitation_revoke(actor=self.user, invitation=instance)
 
     @extend_schema(
         request=serializers.InvitationAcceptSerializer,
@@ -155,7 +156,7 @@ class InvitationViewSet(TenantListCreateDestroyViewSet):
                     "This invitation is for another organisation than your token's: accept it in the portal, "
                     "signed in."
                 )
-        membership = services.invitation_accept(user=request.user, secret=secret)
+        membership = services.invitation_accept(user=self.user, secret=secret)
         return Response(
             serializers.MembershipSerializer(membership, context=self.get_serializer_context()).data
         )
@@ -173,7 +174,7 @@ class ApiTokenViewSet(TenantListCreateDestroyViewSet):
 
     def write_allowed(self, obj: Any) -> bool:
         # everyone manages their own tokens; reviewers the organisation's
-        return obj.user_id == self.request.user.pk or super().write_allowed(obj)
+        return obj.user_id == self.user.pk or super().write_allowed(obj)
 
     def get_serializer_class(self) -> Any:
         if self.action == "create":
@@ -181,12 +182,12 @@ class ApiTokenViewSet(TenantListCreateDestroyViewSet):
         return serializers.ApiTokenSerializer
 
     def perform_create(self, serializer: Any) -> None:
-        token, secret = services.token_create(actor=self.request.user, **serializer.validated_data)
-        token.secret = secret  # returned once, in this response only
+        token, secret = services.token_create(actor=self.user, **serializer.validated_data)
+        serializer.context["secret"] = secret  # returned once, in this response only
         serializer.instance = token
 
     def perform_destroy(self, instance: ApiToken) -> None:
-        services.token_revoke(actor=self.request.user, token=instance)
+        services.token_revoke(actor=self.user, token=instance)
 
 
 class NotificationViewSet(TenantReadOnlyViewSet):
@@ -214,7 +215,7 @@ class NotificationViewSet(TenantReadOnlyViewSet):
     def mark_read(self, request: Request) -> Response:
         payload = serializers.NotificationMarkReadSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        count = services.notification_mark_read(user=request.user, ids=payload.validated_data.get("ids"))
+        count = services.notification_mark_read(user=self.user, ids=payload.validated_data.get("ids"))
         return Response({"marked": count})
 
 
@@ -225,7 +226,7 @@ class MeView(APIView):
 
     @extend_schema(responses=serializers.MeSerializer)
     def get(self, request: Request) -> Response:
-        user = request.user
+        user = authenticated_user(request)
         access = get_access(user)
         token = request.auth if isinstance(request.auth, ApiToken) else None
         organizations = [

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import django_filters
 from django_filters.utils import translate_validation
@@ -12,6 +13,8 @@ from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
 from apps.core.access import get_access
@@ -22,12 +25,15 @@ from apps.core.api.views import TenantReadOnlyViewSet
 from apps.core.exports import audit_export_response
 from apps.core.models import AuditEvent
 
+if TYPE_CHECKING:
+    from apps.accounts.models import Organization, Project
+
 
 class AuditEventSerializer(TenantModelSerializer):
     """One thing somebody (or the system) did."""
 
-    organization = serializers.PrimaryKeyRelatedField(read_only=True)
-    project = serializers.PrimaryKeyRelatedField(read_only=True)
+    organization: serializers.PrimaryKeyRelatedField[Organization] = serializers.PrimaryKeyRelatedField(read_only=True)
+    project: serializers.PrimaryKeyRelatedField[Project] = serializers.PrimaryKeyRelatedField(read_only=True)
     actor = serializers.CharField(source="actor_label", read_only=True, help_text="Username, or `system`.")
     changes = serializers.JSONField(read_only=True, help_text='{"field": {"from": old, "to": new}}')
 
@@ -78,11 +84,14 @@ class AuditEventFilter(django_filters.FilterSet):
 class FirstRendererNegotiation(BaseContentNegotiation):
     """The export answers CSV whatever the Accept header says; errors still come back as JSON."""
 
-    def select_parser(self, request: Any, parsers: list[Any]) -> Any:
-        return parsers[0] if parsers else None
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)
 
-    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
-        return renderers[0], renderers[0].media_type
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))  # a view always has at least one renderer
+        return renderer, renderer.media_type
 
 
 class AuditEventViewSet(TenantReadOnlyViewSet):
@@ -108,7 +117,7 @@ class AuditEventViewSet(TenantReadOnlyViewSet):
         content_negotiation_class=FirstRendererNegotiation,
     )
     def export(self, request: Request) -> Any:
-        user = request.user
+        user = self.user
         filterset = AuditEventFilter(
             request.query_params, queryset=AuditEvent.objects.for_user(user, "audit.export"), request=request
         )

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.db import models
 from rest_framework import mixins, permissions, viewsets
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
 
 from apps.core.access import get_access
+
+if TYPE_CHECKING:
+    from rest_framework.permissions import _PermissionClass
+
+    from apps.accounts.models import User
+
+
+def authenticated_user(request: Request) -> User:
+    """`request.user` of a view that requires authentication (IsAuthenticated): never the anonymous user."""
+    return cast("User", request.user)
 
 
 class TokenScopePermission(permissions.BasePermission):
@@ -23,31 +35,43 @@ class TokenScopePermission(permissions.BasePermission):
         return token.scope == "write"
 
 
-class TenantViewSetMixin:
+if TYPE_CHECKING:
+    # the mixin is only ever combined with a GenericViewSet: type-check it as one (request, action, super() calls)
+    _ViewSetBase = viewsets.GenericViewSet
+else:
+    _ViewSetBase = object
+
+
+class TenantViewSetMixin(_ViewSetBase):
     """Querysets are scoped to the user's memberships with `view_action`; a row outside it answers 404.
     Writes need `write_action` on the object (or on the project/organisation named in the payload): 403."""
 
     model: ClassVar[type[models.Model]]
     view_action: ClassVar[str | None] = None
     write_action: ClassVar[str]
-    permission_classes = [permissions.IsAuthenticated, TokenScopePermission]
+    permission_classes: Sequence[_PermissionClass] = [permissions.IsAuthenticated, TokenScopePermission]
+
+    @property
+    def user(self) -> User:
+        """The signed-in user (every tenant route requires authentication)."""
+        return authenticated_user(self.request)
 
     def get_queryset(self) -> Any:
-        qs = self.model.objects.for_user(self.request.user, self.view_action)  # type: ignore[attr-defined]
+        qs = self.model.objects.for_user(self.user, self.view_action)  # type: ignore[attr-defined]
         return self.optimize(qs)
 
     def optimize(self, qs: Any) -> Any:
         return qs
 
     def write_allowed(self, obj: Any) -> bool:
-        return get_access(self.request.user).can_on(self.write_action, obj)  # type: ignore[attr-defined]
+        return get_access(self.user).can_on(self.write_action, obj)
 
     def require_write(self, obj: Any) -> None:
         if not self.write_allowed(obj):
             raise PermissionDenied(f"You are not allowed to do this ({self.write_action}).")
 
     def check_object_permissions(self, request: Any, obj: Any) -> None:
-        super().check_object_permissions(request, obj)  # type: ignore[misc]
+        super().check_object_permissions(request, obj)
         if request.method not in permissions.SAFE_METHODS:
             self.require_write(obj)
 
