@@ -164,6 +164,16 @@ SKYPORT_LOGIN_WINDOW_SECONDS = env.int("SKYPORT_LOGIN_WINDOW_SECONDS", default=1
 SKYPORT_INVITATION_DAYS = env.int("SKYPORT_INVITATION_DAYS", default=7)
 SKYPORT_TOKEN_MAX_DAYS = env.int("SKYPORT_TOKEN_MAX_DAYS", default=365)
 
+# The simulated cloud: the embedded default's cloud, off in production unless asked for.
+SKYPORT_ENABLE_SIM = env.bool("SKYPORT_ENABLE_SIM", default=not REDIS_URL or TESTING)
+# Outbound safety: endpoints (and later image URLs, hooks) resolving to loopback/private/link-local addresses are
+# refused unless they fall in one of these networks (CIDRs). The demo and the tests list their local peers here.
+SKYPORT_ALLOWED_PRIVATE_NETWORKS = env.list(
+    "SKYPORT_ALLOWED_PRIVATE_NETWORKS", default=["127.0.0.0/8", "::1/128"] if TESTING else []
+)
+# A stable id of this installation, tagged on everything Skyport creates in a cloud.
+SKYPORT_INSTALLATION_ID = env.str("SKYPORT_INSTALLATION_ID", default="skyport-dev")
+
 # Credentials at rest: MultiFernet, first key encrypts, all keys decrypt (rotation).
 SKYPORT_FERNET_KEYS = env.list("SKYPORT_FERNET_KEYS", default=[])
 

@@ -1,0 +1,275 @@
+"""The one driver interface. The rest of Skyport talks to clouds only through it and never imports libcloud or
+openstacksdk. Drivers return plain dataclasses and raise the typed errors below, with messages an operator can act
+on ("EC2 rejected the access key: AuthFailure — rotate the credentials under Clouds → prod-eu")."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ClassVar
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+
+class CloudError(Exception):
+    """A provider refused or failed. `message` is for people; `provider_code` is the provider's own code."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, provider_code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.provider_code = provider_code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class AuthError(CloudError):
+    """Credentials rejected or expired."""
+
+
+class QuotaError(CloudError):
+    """The provider's quota for the account is exhausted."""
+
+
+class NotFoundError(CloudError):
+    """The server, image, size or network does not exist (any more)."""
+
+
+class CapacityError(CloudError):
+    """The provider has no capacity for this request right now (try another region or size)."""
+
+    retryable = True
+
+
+class TransientError(CloudError):
+    """Throttling, timeouts, 5xx: safe to retry later."""
+
+    retryable = True
+
+
+class InvalidRequestError(CloudError):
+    """The request itself is wrong (bad size for this image, bad parameter, unsupported operation)."""
+
+
+# --- data --------------------------------------------------------------------------------------------------------
+
+
+class ServerState(enum.StrEnum):
+    PENDING = "pending"
+    BUILDING = "building"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    REBOOTING = "rebooting"
+    RESIZING = "resizing"
+    VERIFY_RESIZE = "verify_resize"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Region:
+    id: str
+    name: str
+    zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Size:
+    id: str
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    arch: str = "x86_64"
+    gpus: int = 0
+    price_per_hour: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    name: str
+    os: str = ""
+    arch: str = "x86_64"
+    owner: str = ""
+    is_public: bool = False
+    status: str = "available"
+    min_disk_gb: int = 0
+    disk_format: str = ""
+    created_at: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Network:
+    id: str
+    name: str
+    cidr: str = ""
+    is_external: bool = False
+
+
+@dataclass(frozen=True)
+class Server:
+    id: str
+    name: str
+    state: ServerState
+    size_id: str = ""
+    image_id: str = ""
+    region: str = ""
+    private_ips: tuple[str, ...] = ()
+    public_ips: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    created_at: datetime.datetime | None = None
+    fault: str = ""  # the provider's reason for ERROR, when it gives one
+
+
+@dataclass(frozen=True)
+class CreateServer:
+    name: str
+    image_id: str
+    size_id: str
+    network_id: str | None = None
+    public_key: str | None = None
+    user_data: str | None = None
+    # the installation id and operation id go here (skyport:installation, skyport:operation): a retry after a
+    # crash finds what the first attempt created instead of creating a second server
+    tags: dict[str, str] = field(default_factory=dict)
+    idempotency_token: str = ""
+    want_public_ip: bool = True
+
+
+@dataclass(frozen=True)
+class PublicIP:
+    id: str
+    address: str
+    server_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Console:
+    kind: str  # "url" (noVNC and friends) or "log" (serial output)
+    url: str = ""
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: datetime.datetime
+    percent: float
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    name: str
+    path: str  # local file, already in `disk_format`
+    disk_format: str  # raw, qcow2, vmdk, vhd
+    arch: str = "x86_64"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+# --- the interface -----------------------------------------------------------------------------------------------
+
+
+class CloudDriver(ABC):
+    """One account in one region. Constructed by `apps.clouds.drivers.driver_for(account, region)`.
+
+    Mutating calls are made by the Operation protocol (apps/clouds/operations.py) with no database transaction open.
+    Lists are complete: pagination is handled inside the driver.
+    """
+
+    kind: ClassVar[str]
+    label: ClassVar[str]
+    # steps of a resize, as this provider needs them (EC2: stop → resize → start; nova: resize → confirm_resize)
+    resize_steps: ClassVar[tuple[str, ...]] = ("resize",)
+    has_metrics: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        credentials: dict[str, str],
+        region: str | None = None,
+        endpoint: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.region = region
+        self.endpoint = endpoint
+        self.options = options or {}
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"<{type(self).__name__} region={self.region!r} endpoint={self.endpoint!r}>"
+
+    # account
+    @abstractmethod
+    def validate_credentials(self) -> None: ...
+
+    @abstractmethod
+    def list_regions(self) -> list[Region]: ...
+
+    # catalogue of the region
+    @abstractmethod
+    def list_sizes(self) -> list[Size]: ...
+
+    @abstractmethod
+    def list_images(self, *, owners: tuple[str, ...] = (), name_patterns: tuple[str, ...] = ()) -> list[Image]: ...
+
+    @abstractmethod
+    def list_networks(self) -> list[Network]: ...
+
+    # servers
+    @abstractmethod
+    def create_server(self, request: CreateServer) -> Server: ...
+
+    @abstractmethod
+    def get_server(self, server_id: str) -> Server: ...
+
+    @abstractmethod
+    def list_servers(self, *, tags: dict[str, str] | None = None) -> list[Server]: ...
+
+    @abstractmethod
+    def start_server(self, server_id: str) -> None: ...
+
+    @abstractmethod
+    def stop_server(self, server_id: str) -> None: ...
+
+    @abstractmethod
+    def reboot_server(self, server_id: str, *, hard: bool = False) -> None: ...
+
+    @abstractmethod
+    def resize_server(self, server_id: str, size_id: str) -> None: ...
+
+    def confirm_resize(self, server_id: str) -> None:
+        """Providers that stage a resize (nova's VERIFY_RESIZE) commit it here; others have nothing to do."""
+
+    @abstractmethod
+    def delete_server(self, server_id: str) -> None: ...
+
+    @abstractmethod
+    def console(self, server_id: str) -> Console: ...
+
+    # public addresses
+    @abstractmethod
+    def allocate_public_ip(self, *, tags: dict[str, str] | None = None) -> PublicIP: ...
+
+    @abstractmethod
+    def attach_public_ip(self, ip_id: str, server_id: str) -> None: ...
+
+    @abstractmethod
+    def release_public_ip(self, ip_id: str) -> None: ...
+
+    # images
+    @abstractmethod
+    def upload_image(self, upload: ImageUpload) -> Image: ...
+
+    # metrics
+    def cpu_metrics(self, server_id: str, *, since: datetime.datetime) -> list[CpuSample]:
+        return []
