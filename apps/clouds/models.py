@@ -14,7 +14,8 @@ from apps.core.tenancy import TenantModel
 
 def granted_account_ids(project_ids: set[int]) -> Any:
     """Subquery: accounts with a live grant to one of these projects (a subquery, so no duplicate rows)."""
-    return CloudGrant.objects.all_tenants().filter(project_id__in=project_ids, revoked_at__isnull=True).values("account_id")
+    live = CloudGrant.objects.all_tenants().filter(project_id__in=project_ids, revoked_at__isnull=True)
+    return live.values("account_id")
 
 
 class Health(models.TextChoices):
@@ -167,7 +168,8 @@ class Flavor(SyncedModel):
 
     @property
     def price_per_hour(self) -> Any:
-        return self.price_override_per_hour if self.price_override_per_hour is not None else self.provider_price_per_hour
+        override = self.price_override_per_hour
+        return override if override is not None else self.provider_price_per_hour
 
 
 class CloudImage(SyncedModel):

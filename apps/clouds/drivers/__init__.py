@@ -27,7 +27,8 @@ def enabled_kinds() -> list[str]:
 
 def driver_class(kind: str) -> type[CloudDriver]:
     if kind not in enabled_kinds():
-        raise InvalidRequestError(f"Unknown or disabled cloud type {kind!r}: choose one of {', '.join(enabled_kinds())}.")
+        choices = ", ".join(enabled_kinds())
+        raise InvalidRequestError(f"Unknown or disabled cloud type {kind!r}: choose one of {choices}.")
     module, _, name = DRIVER_PATHS[kind].rpartition(".")
     return getattr(import_module(module), name)
 

@@ -247,7 +247,7 @@ class CloudDriver(ABC):
     @abstractmethod
     def resize_server(self, server_id: str, size_id: str) -> None: ...
 
-    def confirm_resize(self, server_id: str) -> None:
+    def confirm_resize(self, server_id: str) -> None:  # noqa: B027 (optional step, a no-op for most providers)
         """Providers that stage a resize (nova's VERIFY_RESIZE) commit it here; others have nothing to do."""
 
     @abstractmethod
