@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from apps.accounts.api import views as accounts
+from apps.clouds.api import views as clouds
 from apps.core.api.audit import AuditEventViewSet
 
 app_name = "api"
@@ -40,6 +41,11 @@ router.register("invitations", accounts.InvitationViewSet, basename="invitation"
 router.register("tokens", accounts.ApiTokenViewSet, basename="token")
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
 router.register("notifications", accounts.NotificationViewSet, basename="notification")
+router.register("cloud-accounts", clouds.CloudAccountViewSet, basename="cloud-account")
+router.register("cloud-grants", clouds.CloudGrantViewSet, basename="cloud-grant")
+router.register("flavors", clouds.FlavorViewSet, basename="flavor")
+router.register("cloud-images", clouds.CloudImageViewSet, basename="cloud-image")
+router.register("networks", clouds.NetworkViewSet, basename="network")
 router.register_view("me", "me")
 
 urlpatterns = [

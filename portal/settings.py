@@ -4,6 +4,7 @@ With nothing set it runs the embedded demo: SQLite (WAL), in-memory channel laye
 scheduler. DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and SKYPORT_FERNET_KEYS switch to production.
 """
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.accounts",
     "apps.clouds",
+    "apps.clouds.sim",
     "apps.catalog",
     "apps.deployments",
     "apps.usage",
@@ -94,6 +96,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# The simulated cloud keeps its state on its own connection ("sim"), in autocommit, so a rolled-back Skyport
+# transaction cannot un-create a sim server, as with a real cloud. SQLite allows one writer per file (and a test's
+# open transaction would block the sim), so there the sim gets its own file; PostgreSQL shares the database (MVCC)
+# through a second connection, and the test runner gives both aliases the same test database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _default_db = str(DATABASES["default"]["NAME"])
+    _sim_db = _default_db if _default_db in ("", ":memory:") else f"{Path(_default_db).with_suffix('')}-sim.sqlite3"
+    DATABASES["sim"] = {**copy.deepcopy(DATABASES["default"]), "NAME": env.str("SKYPORT_SIM_DATABASE", default=_sim_db)}
+    SKYPORT_SIM_SHARES_DATABASE = False
+else:
+    DATABASES["sim"] = copy.deepcopy(DATABASES["default"])
+    SKYPORT_SIM_SHARES_DATABASE = True
+DATABASE_ROUTERS = ["apps.clouds.sim.router.SimRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, Celery broker, shared cache ----------------------------------------------------------
@@ -136,7 +151,11 @@ CELERY_TASK_DEFAULT_QUEUE = "skyport"
 CELERY_BEAT_SCHEDULE = {
     "expire-memberships": {"task": "apps.accounts.tasks.expire_memberships", "schedule": 60.0},
     "prune-notifications": {"task": "apps.accounts.tasks.prune_notifications", "schedule": 3600.0},
+    "resume-operations": {"task": "apps.clouds.operations_tasks.operations_resume", "schedule": 30.0},
+    "sync-cloud-accounts": {"task": "apps.clouds.tasks.sync_all_accounts", "schedule": 900.0},
 }
+# task modules outside `<app>.tasks` that workers must load
+CELERY_IMPORTS = ["apps.clouds.operations_tasks"]
 # never under tests: a background thread would run the periodic tasks against the test database
 SKYPORT_INPROCESS_SCHEDULER = env.bool(
     "SKYPORT_INPROCESS_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER and not TESTING

@@ -20,10 +20,12 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from apps.accounts import services
 from apps.accounts.models import ApiToken, Invitation, Membership, Notification, Organization, Project
+from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Network
 from apps.core.models import AuditEvent
 
 MARK = "ACMEMARK"
-TENANT_MODELS = (Organization, Project, Membership, Invitation, ApiToken, Notification, AuditEvent)
+TENANT_MODELS = (Organization, Project, Membership, Invitation, ApiToken, Notification, AuditEvent, CloudAccount,
+                 CloudGrant, Flavor, CloudImage, Network)
 
 
 def all_routes() -> dict[str, str]:
@@ -74,6 +76,18 @@ ROUTES: dict[str, Route] = {
     "core:audit": Route(allowed="sarah", shows_marker=True),
     "core:audit-export": Route(allowed="sarah", shows_marker=True),
     "accounts:password-change": Route(),
+    "clouds:accounts": Route(shows_marker=True),
+    "clouds:account-add": Route(methods=("get", "post"), ok=(200,)),
+    "clouds:account-detail": Route(obj="cloud_account", shows_marker=True),
+    "clouds:account-edit": Route(obj="cloud_account", methods=("post",), ok=(200, 302, 400)),
+    "clouds:account-rotate": Route(obj="cloud_account", methods=("post",), ok=(200, 302, 400)),
+    "clouds:account-sync": Route(obj="cloud_account", methods=("post",), ok=(302,)),
+    "clouds:account-deactivate": Route(obj="cloud_account", methods=("post",), ok=(302,)),
+    "clouds:flavor-price": Route(obj="flavor", methods=("post",), ok=(302,)),
+    "clouds:grants": Route(methods=("get", "post"), shows_marker=True),
+    "clouds:grant-revoke": Route(obj="cloud_grant", methods=("post",), ok=(302,)),
+    "clouds:access-review": Route(allowed="sarah", shows_marker=True),
+    "clouds:access-review-export": Route(allowed="sarah", shows_marker=True),
     # API
     "api:api-root": Route(),
     "api:me": Route(),
@@ -94,6 +108,19 @@ ROUTES: dict[str, Route] = {
     "api:notification-list": Route(allowed="connor", shows_marker=True),
     "api:notification-detail": Route(obj="notification", allowed="connor"),
     "api:notification-mark-read": Route(methods=("post",), allowed="connor"),
+    "api:cloud-account-list": Route(methods=("get", "post"), shows_marker=True),
+    "api:cloud-account-detail": Route(obj="cloud_account", methods=("get", "patch", "delete")),
+    "api:cloud-account-sync": Route(obj="cloud_account", methods=("post",)),
+    "api:cloud-account-health": Route(obj="cloud_account"),
+    "api:cloud-account-rotate-credentials": Route(obj="cloud_account", methods=("post",)),
+    "api:cloud-grant-list": Route(methods=("get", "post"), shows_marker=True),
+    "api:cloud-grant-detail": Route(obj="cloud_grant", methods=("get", "delete")),
+    "api:flavor-list": Route(shows_marker=True),
+    "api:flavor-detail": Route(obj="flavor", methods=("get", "patch")),
+    "api:cloud-image-list": Route(shows_marker=True),
+    "api:cloud-image-detail": Route(obj="cloud_image"),
+    "api:network-list": Route(shows_marker=True),
+    "api:network-detail": Route(obj="network"),
 }
 
 EXCLUDED: dict[str, str] = {
@@ -122,7 +149,9 @@ def world(personas, acme, web, sam, connor, vera):
     note = services.notification_send(recipient=connor, organization_id=acme.pk, text=f"{MARK} note")
     Organization.objects.all_tenants().filter(pk=acme.pk).update(name=f"Acme {MARK}")
     acme.refresh_from_db()
+    cloud = _acme_cloud(acme, web)
     return {
+        **cloud,
         "organization": acme,
         "project": web,
         "membership": Membership.objects.all_tenants().get(user=vera, project=web),
@@ -130,6 +159,22 @@ def world(personas, acme, web, sam, connor, vera):
         "token": token,
         "notification": note,
         "audit": AuditEvent.objects.all_tenants().filter(organization=acme, object_label__contains=MARK).first(),
+    }
+
+
+def _acme_cloud(acme: Organization, web: Project) -> dict[str, Any]:
+    """Acme cloud rows carrying the marker (rows only: the walk never reaches a provider)."""
+    account = CloudAccount(organization=acme, name=f"{MARK} cloud", slug="acmemark-cloud", kind="sim",
+                           regions=["region-1"], default_region="region-1")
+    account.set_credentials({"api_key": "walk-key-12345678"}, secret_field="api_key")
+    account.save()
+    common = {"organization": acme, "account": account, "region": "region-1"}
+    return {
+        "cloud_account": account,
+        "cloud_grant": CloudGrant.objects.create(organization=acme, account=account, project=web),
+        "flavor": Flavor.objects.create(**common, provider_id="f1", name=f"{MARK} flavor", vcpus=1, ram_mb=512),
+        "cloud_image": CloudImage.objects.create(**common, provider_id="i1", name=f"{MARK} image"),
+        "network": Network.objects.create(**common, provider_id="n1", name=f"{MARK} net"),
     }
 
 

@@ -9,6 +9,7 @@ from django.forms.models import model_to_dict
 
 from apps.accounts import services
 from apps.accounts.models import ApiToken, Invitation, Membership, Notification, Organization, Project
+from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Network
 from apps.core.models import AuditEvent
 from portal.api_urls import router
 
@@ -43,6 +44,29 @@ def _notification(ctx):
     )
 
 
+def _cloud_account(ctx):
+    account = CloudAccount.objects.all_tenants().filter(organization=ctx["acme"], slug="iso").first()
+    if account is None:
+        account = CloudAccount(organization=ctx["acme"], name="Acme iso", slug="iso", kind="sim",
+                               regions=["region-1"], default_region="region-1")
+        account.set_credentials({"api_key": "iso-key-12345678"}, secret_field="api_key")
+        account.save()
+    return account
+
+
+def _synced(model, **fields):
+    def make(ctx):
+        account = _cloud_account(ctx)
+        return model.objects.create(organization=ctx["acme"], account=account, region="region-1", provider_id="x",
+                                    name="Acme row", **fields)
+
+    return make
+
+
+def _cloud_grant(ctx):
+    return CloudGrant.objects.create(organization=ctx["acme"], account=_cloud_account(ctx), project=ctx["web"])
+
+
 # basename → (model, factory of an Acme row, payload a viewer may not create, payload for PATCH)
 SAMPLES = {
     "organization": (Organization, lambda ctx: ctx["acme"], None, {"name": "Hacked"}),
@@ -67,6 +91,13 @@ SAMPLES = {
     "token": (ApiToken, _token, None, {"name": "Hacked"}),
     "audit-event": (AuditEvent, _audit_event, None, {"verb": "x"}),
     "notification": (Notification, _notification, None, {"text": "x"}),
+    # cloud rows: creating them needs rights a viewer's scoped fields do not reach (a 400); the route walk
+    # (tests/test_route_walk.py) covers those posts
+    "cloud-account": (CloudAccount, _cloud_account, None, {"name": "Hacked"}),
+    "cloud-grant": (CloudGrant, _cloud_grant, None, {}),
+    "flavor": (Flavor, _synced(Flavor, vcpus=1, ram_mb=512), None, {"price_override_per_hour": "9"}),
+    "cloud-image": (CloudImage, _synced(CloudImage), None, {}),
+    "network": (Network, _synced(Network), None, {}),
 }
 
 

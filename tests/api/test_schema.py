@@ -53,4 +53,9 @@ def test_api_root_lists_every_endpoint(api, sam):
         "audit-events",
         "notifications",
         "me",
+        "cloud-accounts",
+        "cloud-grants",
+        "flavors",
+        "cloud-images",
+        "networks",
     }

@@ -113,6 +113,6 @@ def test_expire_memberships_ends_the_sessions_of_a_member_whose_role_expired(con
     assert not Membership._base_manager.get(pk=later.pk).expiry_handled
 
     # the next run finds nothing to do
-    assert scheduler.run_due(state, T0 + 60) == ["expire-memberships"]
+    assert "expire-memberships" in scheduler.run_due(state, T0 + 60)
     assert dict(User.objects.values_list("username", "session_epoch")) == after
     assert events.count() == 1

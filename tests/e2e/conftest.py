@@ -47,7 +47,8 @@ def server(tmp_path_factory):
     }
     env.pop("REDIS_URL", None)
     python = sys.executable
-    for cmd in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
+    # the sim cloud keeps its state on its own connection (its own file on SQLite): migrate it too
+    for cmd in (["migrate", "--noinput", "-v0"], ["migrate", "--database", "sim", "--noinput", "-v0"], ["seed_demo"]):
         subprocess.run([python, "manage.py", *cmd], cwd=ROOT, env=env, check=True, capture_output=True)
     port = _free_port()
     log = open(workdir / "daphne.log", "w")  # noqa: SIM115

@@ -8,8 +8,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         seed_accounts()
+        from apps.clouds.demo import seed_clouds
+
+        clouds = seed_clouds()
         ready = f"Demo data ready. Sign in with any of these (password: {DEMO_PASSWORD}):"
         self.stdout.write(self.style.SUCCESS(ready))
         for username, (full_name, grants) in DEMO_USERS.items():
             roles = ", ".join(f"{r} in {o}{'/' + p if p else ''}" for o, p, r in grants)
             self.stdout.write(f"  {username:<8} {full_name:<18} {roles}")
+        self.stdout.write(f"Demo clouds: {', '.join(sorted(clouds))}")

@@ -1,0 +1,45 @@
+"""Thin Celery tasks for the Operation protocol: run one operation, and periodically resume those that are due
+(parked while waiting for the provider, backing off after an error, or left by a worker that died)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from celery import shared_task
+from django.conf import settings
+from django.db import transaction
+
+from apps.clouds.models import Operation
+from apps.clouds.operations import operation_run, operations_due
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
+
+
+@shared_task(name="apps.clouds.operations_tasks.operation_run_task", ignore_result=True)
+def operation_run_task(operation_id: int) -> None:
+    operation = operation_run(operation_id, worker_id=worker_id())
+    if operation is None or operation.state != Operation.State.PENDING or operation.next_attempt_at is None:
+        return
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        # come back when it is due (operations_resume would too, later; the lease makes a double run harmless).
+        # Eager mode runs inline, where an eta would be ignored: there the periodic resume picks it up.
+        operation_run_task.apply_async((operation_id,), eta=operation.next_attempt_at)
+
+
+def operation_enqueue(operation_id: int) -> None:
+    """Run the operation once the caller's transaction has committed (never inside it)."""
+    transaction.on_commit(lambda: operation_run_task.delay(operation_id))
+
+
+@shared_task(name="apps.clouds.operations_tasks.operations_resume", ignore_result=True)
+def operations_resume() -> int:
+    """Run every due operation here; a lease taken by another worker makes the call a no-op. Returns how many ran."""
+    ran = 0
+    for operation_id in operations_due():
+        if operation_run(operation_id, worker_id=worker_id()) is not None:
+            ran += 1
+    return ran
