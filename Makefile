@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(UV)
 install: $(VENV)/.installed
 
 demo: install
+	$(PYTHON) manage.py generate_fernet_key --write
 	$(PYTHON) manage.py migrate --noinput
 	$(PYTHON) manage.py seed_demo
 	$(PYTHON) manage.py collectstatic --noinput --verbosity 0

@@ -194,7 +194,11 @@ SKYPORT_ALLOWED_PRIVATE_NETWORKS = env.list(
 SKYPORT_INSTALLATION_ID = env.str("SKYPORT_INSTALLATION_ID", default="skyport-dev")
 
 # Credentials at rest: MultiFernet, first key encrypts, all keys decrypt (rotation).
+# Without the variable, a local key file (written by `make demo`: manage.py generate_fernet_key --write) is used.
+SKYPORT_FERNET_KEYS_FILE = Path(env.str("SKYPORT_FERNET_KEYS_FILE", default=str(BASE_DIR / "var" / "fernet.keys")))
 SKYPORT_FERNET_KEYS = env.list("SKYPORT_FERNET_KEYS", default=[])
+if not SKYPORT_FERNET_KEYS and not TESTING and SKYPORT_FERNET_KEYS_FILE.exists():
+    SKYPORT_FERNET_KEYS = [k.strip() for k in SKYPORT_FERNET_KEYS_FILE.read_text().split() if k.strip()]
 
 # --- email ------------------------------------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")

@@ -52,3 +52,17 @@ def test_fernet_round_trip_and_rotation(settings):
     assert crypto.decrypt(rotated) == "s3cret"
     with pytest.raises(crypto.DecryptionError, match="SKYPORT_FERNET_KEYS"):
         crypto.decrypt(token)
+
+
+def test_local_key_file_is_written_once_with_private_mode(tmp_path, settings):
+    import stat
+
+    from cryptography.fernet import Fernet
+
+    settings.SKYPORT_FERNET_KEYS_FILE = tmp_path / "var" / "fernet.keys"
+    call_command("generate_fernet_key", "--write")
+    key = settings.SKYPORT_FERNET_KEYS_FILE.read_text().strip()
+    Fernet(key.encode())  # a valid key
+    assert stat.S_IMODE(settings.SKYPORT_FERNET_KEYS_FILE.stat().st_mode) == 0o600
+    call_command("generate_fernet_key", "--write")
+    assert settings.SKYPORT_FERNET_KEYS_FILE.read_text().strip() == key  # never replaced: data would be lost
