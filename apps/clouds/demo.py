@@ -3,6 +3,7 @@ one sim account; each synced so flavors, images and networks exist. Idempotent."
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from apps.accounts.models import Organization, Project, User
@@ -18,9 +19,10 @@ DEMO_CLOUDS: dict[str, tuple[str, str, str, int, list[str]]] = {
 }
 
 
-def _demo_key(endpoint: str) -> str:
-    # demo-only keys (the sim accepts what it was created with); a real cloud's key is entered in the page
-    return f"demo-key-{endpoint.removeprefix('sim://')}"
+def _demo_key() -> str:
+    # random per seed: sim endpoints are shared by every organisation, so a guessable key would let one
+    # organisation connect another's simulated cloud
+    return "sim-" + secrets.token_urlsafe(24)
 
 
 def _org_admin(org: Organization) -> User:
@@ -46,16 +48,18 @@ def seed_clouds() -> dict[str, CloudAccount]:
     for name, (org_slug, endpoint, factor, capacity, regions) in DEMO_CLOUDS.items():
         org = Organization.objects.all_tenants().get(slug=org_slug)
         admin = _org_admin(org)
-        if not SimCloud.objects.filter(endpoint=endpoint).exists():
-            sim_cloud_create(
-                endpoint, api_key=_demo_key(endpoint), seed=len(name), regions=regions, price_factor=factor,
-                capacity={r: capacity for r in regions},
-            )
         account = CloudAccount.objects.all_tenants().filter(organization=org, slug=name).first()
         if account is None:
+            key = _demo_key()
+            # a sim cloud left from an earlier seed without its account: its key is gone, so it starts afresh
+            SimCloud.objects.filter(endpoint=endpoint).delete()
+            sim_cloud_create(
+                endpoint, api_key=key, seed=len(name), regions=regions, price_factor=factor,
+                capacity={r: capacity for r in regions},
+            )
             account = services.cloud_account_create(
                 actor=admin, organization=org, name=name, kind="sim", endpoint=endpoint, regions=regions,
-                credentials={"api_key": _demo_key(endpoint)}, options={},
+                credentials={"api_key": key}, options={},
             )
         projects = Project.objects.all_tenants().filter(organization=org)
         for project in projects:

@@ -61,9 +61,11 @@ class AccountForm(_CredentialsMixin, forms.Form):
         text = (self.cleaned_data.get("options") or "").strip()
         if not text:
             return None
+        if len(text) > 8192:
+            raise forms.ValidationError("Options take at most 8192 characters.")
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise forms.ValidationError("This is not valid JSON.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError("Give a JSON object, e.g. {\"image_owners\": [\"self\"]}.")

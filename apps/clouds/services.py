@@ -7,6 +7,7 @@ passed to the driver and to `CloudAccount.set_credentials` only: never to the au
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -190,14 +191,41 @@ def _clean_regions(regions: Any, default_region: str) -> tuple[list[str], str]:
     return cleaned, default_region or cleaned[0]
 
 
+# Options that decide where (and how safely) the stored secret is sent: they belong in `endpoint`, which is checked
+# by the outbound rules and needs the credentials again when it changes.
+WHERE_SECRETS_GO = frozenset({"host", "port", "secure", "url", "verify", "base_url", "api_url", "region_url"})
+OPTIONS_MAX_DEPTH = 5
+OPTIONS_MAX_BYTES = 8192
+
+
+def _walk_option_keys(value: Any, depth: int = 1) -> Any:
+    """Yield every key of a nested options object; refuse objects deeper than OPTIONS_MAX_DEPTH."""
+    if depth > OPTIONS_MAX_DEPTH:
+        raise ServiceError({"options": f"Options nest at most {OPTIONS_MAX_DEPTH} levels deep."})
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield str(key)
+            yield from _walk_option_keys(inner, depth + 1)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _walk_option_keys(inner, depth + 1)
+
+
 def _clean_options(spec: ProviderSpec, options: Any) -> dict[str, Any]:
     if options is None:
         return dict(spec.default_options)
     if not isinstance(options, dict):
         raise ServiceError({"options": "Options are a JSON object."})
-    for key in options:
-        if audit.is_secret_field(str(key)):
-            raise ServiceError({"options": f"{key!r} looks like a secret: put secrets in the credential fields."})
+    for key in _walk_option_keys(options):
+        lowered = key.lower()
+        if audit.is_secret_field(key) or ("auth" in lowered and "url" in lowered):
+            raise ServiceError({"options": f"{key!r} looks like a secret or an address: put secrets in the "
+                                           "credential fields and the address in the endpoint."})
+        if lowered in WHERE_SECRETS_GO:
+            raise ServiceError({"options": f"{key!r} decides where the credentials are sent: set the endpoint "
+                                           "instead (it is checked and needs the credentials again)."})
+    if len(json.dumps(options)) > OPTIONS_MAX_BYTES:
+        raise ServiceError({"options": f"Options take at most {OPTIONS_MAX_BYTES} bytes."})
     for key in ("image_owners", "image_name_patterns"):
         value = options.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -305,7 +333,11 @@ def cloud_account_create(
             health=Health.OK, last_success_at=timezone.now(),
         )
         account.set_credentials(creds, secret_field=spec.secret_field)
-        account.save()
+        try:
+            with transaction.atomic():  # a savepoint: a concurrent create with the same name loses cleanly
+                account.save()
+        except IntegrityError:
+            raise ServiceError({"name": "An account with this name was just created: choose another name."}) from None
         audit.record(
             actor=actor, verb="cloud_account.create", obj=account,
             after={**audit.snapshot(account, ACCOUNT_FIELDS), "fingerprint": account.credentials_fingerprint},
@@ -342,8 +374,14 @@ def cloud_account_update(
     new_endpoint = account.endpoint if endpoint is None else _clean_endpoint(spec, endpoint)
     endpoint_changed = new_endpoint != account.endpoint
     creds: dict[str, str] | None = None
+    # a different provider or driver arguments could send the stored secret elsewhere, like a new endpoint
+    steering_changed = any(opts.get(k) != account.options.get(k) for k in ("provider", "driver_kwargs"))
     if credentials:
         creds = _clean_credentials(spec, credentials)
+    elif steering_changed:
+        raise ServiceError(
+            {"credentials": "Changing the provider or its driver arguments needs the credentials entered again."}
+        )
     elif endpoint_changed:
         raise ServiceError(
             {"credentials": "Changing the endpoint needs the credentials entered again (the stored secret is never "
@@ -445,10 +483,15 @@ def grant_create(
     )
     if live.exists():
         raise ServiceError({"project": f"{project.name} already has {account.name}: revoke that grant first."})
-    grant = CloudGrant.objects.create(
-        organization_id=account.organization_id, account=account, project=project, regions=region_list,
-        granted_by=actor,
-    )
+    try:
+        with transaction.atomic():  # a savepoint: two grants racing for the same project, one wins
+            grant = CloudGrant.objects.create(
+                organization_id=account.organization_id, account=account, project=project, regions=region_list,
+                granted_by=actor,
+            )
+    except IntegrityError:
+        message = f"{project.name} already has {account.name}: revoke that grant first."
+        raise ServiceError({"project": message}) from None
     audit.record(
         actor=actor, verb="cloud_grant.create", obj=grant, project_id=project.pk,
         after={"account": account.name, "project": project.name, "regions": region_list or "all"},

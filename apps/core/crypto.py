@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -50,4 +51,6 @@ def rotate(token: str) -> str:
 
 
 def fingerprint(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode()).hexdigest()[:16]
+    """A short, keyed fingerprint: tells two secrets apart without letting anyone test guesses offline."""
+    key = ("skyport-fingerprint|" + settings.SECRET_KEY).encode()
+    return hmac.new(key, plaintext.encode(), "sha256").hexdigest()[:16]

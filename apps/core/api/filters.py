@@ -14,6 +14,12 @@ class IdFilter(django_filters.NumberFilter):
 
     field_class = forms.IntegerField
 
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # beyond a 64-bit id the database would overflow (a 500): answer a 400 instead
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
+
 
 def organization_filter() -> IdFilter:
     return IdFilter(field_name="organization_id", help_text="Only rows of this organisation id.")
