@@ -6,8 +6,8 @@
    nothing), then runs each remaining step calling the driver with NO database transaction open, and commits each
    step's result with an UPDATE that checks it still holds the lease.
 3. What a step creates is tagged at creation time with the installation id and the operation id; a retried create
-   first looks for a server with those tags, so a worker killed after the provider created the server, but before
-   the result was committed, never leads to a second server.
+   first looks for a server (or a public address) with those tags, so a worker killed after the provider created it,
+   but before the result was committed, never leads to a second one.
 
 Steps that wait for the provider (a server becoming running) do not block a worker: they park the operation as
 pending with `next_attempt_at`, and the next run (the periodic `operations_resume`) continues at the same step.
@@ -198,7 +198,14 @@ def _step_allocate_ip(ctx: StepContext) -> dict[str, Any]:
     server = ctx.driver.get_server(ctx.server_id)
     if server.public_ips:  # the provider gave it one (EC2 default subnets): nothing to add
         return {"public_ip": server.public_ips[0]}
-    ip = ctx.driver.allocate_public_ip(tags=operation_tags(ctx.operation))
+    ours = operation_tags(ctx.operation)
+    if ctx.operation.attempt > 1:
+        # an earlier attempt may have allocated the address and died before committing its id: the address carries
+        # the operation's tags from its creation, so it is found instead of allocating a second one
+        found = sorted(ctx.driver.list_public_ips(tags=ours), key=lambda ip: ip.id)
+        if found:
+            return {"public_ip_id": found[0].id, "public_ip": found[0].address}
+    ip = ctx.driver.allocate_public_ip(tags=ours)
     return {"public_ip_id": ip.id, "public_ip": ip.address}
 
 

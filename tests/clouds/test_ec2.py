@@ -221,6 +221,27 @@ def test_elastic_ip_attach_and_release(moto_ec2):
         driver.release_public_ip(ip.id)
 
 
+def test_list_public_ips_filters_by_tags_given_at_allocation(moto_ec2):
+    driver = moto_ec2.driver()
+    server = launch(driver)
+    mine = driver.allocate_public_ip(tags={"skyport:installation": "inst-1", "skyport:operation": "op-1"})
+    other_op = driver.allocate_public_ip(tags={"skyport:installation": "inst-1", "skyport:operation": "op-2"})
+    other_inst = driver.allocate_public_ip(tags={"skyport:installation": "inst-2", "skyport:operation": "op-1"})
+    untagged = driver.allocate_public_ip()
+    driver.attach_public_ip(mine.id, server.id)
+
+    found = driver.list_public_ips(tags={"skyport:installation": "inst-1", "skyport:operation": "op-1"})
+    assert [(ip.id, ip.address, ip.server_id) for ip in found] == [(mine.id, mine.address, server.id)]
+    assert {ip.id for ip in driver.list_public_ips(tags={"skyport:operation": "op-1"})} == {mine.id, other_inst.id}
+    assert driver.list_public_ips(tags={"skyport:operation": "op-3"}) == []
+    everything = {ip.id: ip.server_id for ip in driver.list_public_ips()}
+    assert everything == {mine.id: server.id, other_op.id: None, other_inst.id: None, untagged.id: None}
+
+    driver.release_public_ip(mine.id)
+    assert driver.list_public_ips(tags={"skyport:operation": "op-1"})[0].id == other_inst.id
+    assert len(driver.list_public_ips()) == 3
+
+
 def test_image_upload_is_not_offered_yet(moto_ec2):
     upload = ImageUpload(name="x", path="/nonexistent.raw", disk_format="raw")
     with pytest.raises(InvalidRequestError, match="EC2 image import arrives with the catalog"):

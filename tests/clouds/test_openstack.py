@@ -107,6 +107,45 @@ def test_floating_ip_is_attached_only_once_the_server_is_active(openstack_stack)
 
 
 @openstack
+def test_floating_ips_carry_their_tags_from_creation_and_are_found_by_them(openstack_stack):
+    driver = openstack_stack.driver()
+    run = uuid.uuid4().hex[:10]
+    ours = {"skyport:installation": f"inst-{run}", "skyport:operation": f"op-{run}"}
+    mine = driver.allocate_public_ip(tags=ours)
+    other = driver.allocate_public_ip(tags={**ours, "skyport:operation": f"other-{run}"})
+    untagged = driver.allocate_public_ip()
+    try:
+        raw = driver.conn.network.get_ip(mine.id)
+        # the tags are in the description, which the create request itself writes; neutron tags follow for operators
+        assert sorted(raw.description.split()) == sorted(f"{k}={v}" for k, v in ours.items())
+        if "standard-attr-tag" in driver._neutron_extensions():
+            assert sorted(raw.tags) == sorted(raw.description.split())
+
+        # an address whose allocation was interrupted before its neutron tags were set is still found
+        driver.conn.network.set_tags(raw, [])
+
+        found = driver.list_public_ips(tags=ours)
+        assert [(ip.id, ip.address, ip.server_id) for ip in found] == [(mine.id, mine.address, None)]
+        same_installation = driver.list_public_ips(tags={"skyport:installation": f"inst-{run}"})
+        assert {ip.id for ip in same_installation} == {mine.id, other.id}
+        assert driver.list_public_ips(tags={**ours, "skyport:operation": f"none-{run}"}) == []
+        assert {mine.id, other.id, untagged.id} <= {ip.id for ip in driver.list_public_ips()}
+
+        # attached: the lookup reports the server
+        server = driver.create_server(_request(openstack_stack)[0])
+        openstack_wait(driver)(server.id, {ServerState.RUNNING})
+        driver.attach_public_ip(mine.id, server.id)
+        assert [ip.server_id for ip in driver.list_public_ips(tags=ours)] == [server.id]
+        driver.delete_server(server.id)
+
+        driver.release_public_ip(mine.id)
+        assert driver.list_public_ips(tags=ours) == []
+    finally:
+        for ip in (mine, other, untagged):
+            driver.conn.network.delete_ip(ip.id, ignore_missing=True)
+
+
+@openstack
 def test_resize_then_confirm(openstack_stack):
     driver = openstack_stack.driver()
     wait = openstack_wait(driver)

@@ -21,7 +21,7 @@ from apps.clouds.operations import (
     operation_start,
 )
 from apps.clouds.operations_tasks import operation_enqueue, operations_resume
-from apps.clouds.sim.models import SimServer
+from apps.clouds.sim.models import SimPublicIP, SimServer
 from apps.clouds.sim.services import sim_advance, sim_call_count, sim_cloud_create, sim_fault_add
 from tests.clouds.fixtures_sim import SIM_DATABASES
 
@@ -115,6 +115,42 @@ def test_crash_after_provider_create_never_makes_a_second_server(account):
     assert len(_servers()) == 1
     assert op.result["server_id"] == _servers()[0].server_id
     assert sim_call_count(EP, "create_server") == 1
+
+
+def test_crash_after_allocating_the_public_ip_never_allocates_a_second_one(account, settings):
+    settings.SKYPORT_INSTALLATION_ID = "inst-test"
+    sim_fault_add(EP, kind="crash", method="allocate_public_ip", on_call=1)
+    op = _start(account, **SERVER, want_public_ip=True)
+    operation_run(op.pk, worker_id="w1")  # creates, then parks while the server builds
+    sim_advance(EP, 60)
+    _make_due(op)
+    with pytest.raises(SimulatedCrash):
+        operation_run(op.pk, worker_id="w1")
+    op.refresh_from_db()
+    # the cloud allocated the address (tagged at creation), the process died before the step was committed
+    assert (op.state, op.steps[op.step], op.lease_owner) == ("running", "allocate_ip", "w1")
+    assert "public_ip_id" not in op.result
+    [leaked] = SimPublicIP.objects.filter(cloud__endpoint=EP)
+    assert leaked.tags == {TAG_INSTALLATION: "inst-test", TAG_OPERATION: str(op.pk)} and leaked.server is None
+
+    Operation.objects.all_tenants().filter(pk=op.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    op = _drive(op, worker="w2")
+    assert op.state == "succeeded"
+    [row] = SimPublicIP.objects.filter(cloud__endpoint=EP)  # exactly one address, the first one, now attached
+    assert row.ip_id == leaked.ip_id == op.result["public_ip_id"] and not row.released
+    assert row.server is not None and row.server.server_id == op.result["server_id"]
+    assert sim_call_count(EP, "allocate_public_ip") == 1
+    server = SimDriver(credentials={"api_key": KEY}, region="r1", endpoint=EP).get_server(op.result["server_id"])
+    assert server.public_ips == (row.address,) == (op.result["public_ip"],)
+
+
+def test_public_ip_is_allocated_without_a_lookup_on_the_first_attempt(account):
+    op = _drive(_start(account, **SERVER, want_public_ip=True))
+    assert op.state == "succeeded" and op.result["public_ip_id"]
+    assert sim_call_count(EP, "list_public_ips") == 0
+    assert SimPublicIP.objects.filter(cloud__endpoint=EP).count() == 1
 
 
 def test_two_workers_race_for_the_lease(account):

@@ -244,6 +244,25 @@ def test_public_ip_console_and_metrics(cloud):
     assert d.get_server(server.id).public_ips == ()
 
 
+def test_list_public_ips_by_tags_leaves_out_released_and_other_regions(cloud):
+    d = _driver()
+    server = _create(d)
+    sim_advance(EP, 30)
+    mine = d.allocate_public_ip(tags={"skyport:installation": "i-1", "skyport:operation": "7"})
+    other = d.allocate_public_ip(tags={"skyport:installation": "i-1", "skyport:operation": "8"})
+    gone = d.allocate_public_ip(tags={"skyport:installation": "i-1", "skyport:operation": "7"})
+    elsewhere = _driver("r2").allocate_public_ip(tags={"skyport:installation": "i-1", "skyport:operation": "7"})
+    d.attach_public_ip(mine.id, server.id)
+    d.release_public_ip(gone.id)
+
+    found = d.list_public_ips(tags={"skyport:installation": "i-1", "skyport:operation": "7"})
+    assert [(ip.id, ip.address, ip.server_id) for ip in found] == [(mine.id, mine.address, server.id)]
+    assert [ip.id for ip in d.list_public_ips()] == [mine.id, other.id]
+    assert d.list_public_ips(tags={"skyport:operation": "9"}) == []
+    assert [ip.id for ip in _driver("r2").list_public_ips(tags={"skyport:operation": "7"})] == [elsewhere.id]
+    assert sim_call_count(EP, "list_public_ips") == 4
+
+
 def test_sim_is_disabled_unless_enabled(settings):
     settings.SKYPORT_ENABLE_SIM = False
     with pytest.raises(InvalidRequestError, match="Unknown or disabled"):

@@ -258,7 +258,13 @@ class CloudDriver(ABC):
 
     # public addresses
     @abstractmethod
-    def allocate_public_ip(self, *, tags: dict[str, str] | None = None) -> PublicIP: ...
+    def allocate_public_ip(self, *, tags: dict[str, str] | None = None) -> PublicIP:
+        """Allocate an address carrying `tags` from its creation on (the protocol passes skyport:installation and
+        skyport:operation), so that a retry after a crash finds it with `list_public_ips(tags=...)`."""
+
+    @abstractmethod
+    def list_public_ips(self, *, tags: dict[str, str] | None = None) -> list[PublicIP]:
+        """The addresses allocated in the region (released ones left out), all pages; `tags` are ANDed."""
 
     @abstractmethod
     def attach_public_ip(self, ip_id: str, server_id: str) -> None: ...

@@ -569,6 +569,10 @@ class LibcloudDriver(CloudDriver):
     def allocate_public_ip(self, *, tags: dict[str, str] | None = None) -> PublicIP:
         raise self._unsupported("public IP addresses")
 
+    def list_public_ips(self, *, tags: dict[str, str] | None = None) -> list[PublicIP]:
+        # this driver allocates no addresses, so none can be ours
+        return []
+
     def attach_public_ip(self, ip_id: str, server_id: str) -> None:
         raise self._unsupported("public IP addresses")
 
@@ -885,6 +889,20 @@ class EC2Driver(LibcloudDriver):
         with self._errors("allocating an Elastic IP"):
             address = self.node_driver._to_address(self._ec2(params), only_associated=False)
         return PublicIP(id=str(address.extra.get("allocation_id")), address=str(address.ip))
+
+    def list_public_ips(self, *, tags: dict[str, str] | None = None) -> list[PublicIP]:
+        """DescribeAddresses has no pages (it answers every address of the region at once); `tags` become
+        `tag:<key>` filters, ANDed by EC2."""
+        params: dict[str, Any] = {"Action": "DescribeAddresses"}
+        if tags:
+            params.update(self.node_driver._build_filters({f"tag:{k}": v for k, v in tags.items()}))
+        with self._errors("listing Elastic IPs"):
+            addresses = self.node_driver._to_addresses(self._ec2(params), only_associated=False)
+        return [
+            PublicIP(id=str(a.extra.get("allocation_id")), address=str(a.ip), server_id=a.instance_id or None)
+            for a in addresses
+            if a.extra.get("allocation_id")  # EC2-Classic addresses have none and cannot be ours
+        ]
 
     def attach_public_ip(self, ip_id: str, server_id: str) -> None:
         with self._errors("attaching the Elastic IP"):

@@ -66,6 +66,8 @@ TASK_MAP: dict[str, ServerState] = {
 TOKEN_TAG = "skyport:token"
 MAX_TAG_LENGTH = 60  # nova's limit; "/" and "," are not allowed in a server tag
 IMAGE_ACTIVE_TIMEOUT = 120.0
+MAX_DESCRIPTION_LENGTH = 255
+TAG_EXTENSION = "standard-attr-tag"  # neutron's extension for tags on resources
 
 
 def _encode_tags(tags: dict[str, str]) -> list[str]:
@@ -95,6 +97,22 @@ def _token_tag(token: str) -> str:
     if len(tag) > MAX_TAG_LENGTH or "/" in tag or "," in tag:
         tag = f"{TOKEN_TAG}=sha256:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
     return tag
+
+
+def _ip_description(encoded: list[str]) -> str:
+    """A floating IP's tags, space-separated in its description (neutron allows 255 characters)."""
+    if any(any(c.isspace() for c in tag) for tag in encoded):
+        raise InvalidRequestError("OpenStack floating IP tags cannot contain spaces.")
+    description = " ".join(encoded) or "skyport"
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidRequestError(
+            f"OpenStack cannot store these tags on a floating IP: more than {MAX_DESCRIPTION_LENGTH} characters."
+        )
+    return description
+
+
+def _description_tags(description: str | None) -> dict[str, str]:
+    return _decode_tags((description or "").split())
 
 
 def _parse_time(value: Any) -> datetime.datetime | None:
@@ -177,6 +195,7 @@ class OpenStackDriver(CloudDriver):
         super().__init__(**kwargs)
         self._conn: Any = None
         self._flavor_ids: dict[str, str] | None = None
+        self._extensions: set[str] | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------------------
     @property
@@ -502,17 +521,44 @@ class OpenStackDriver(CloudDriver):
             raise NotFoundError(f"OpenStack has no external network {wanted!r} for floating IPs.")
         raise InvalidRequestError("The OpenStack project sees no external network to take floating IPs from.")
 
+    def _neutron_extensions(self) -> set[str]:
+        if self._extensions is None:
+            with self._errors("list the networking extensions"):
+                self._extensions = {str(e.alias) for e in self.conn.network.extensions()}
+        return self._extensions
+
     def allocate_public_ip(self, *, tags: dict[str, str] | None = None) -> PublicIP:
+        """The tags are in the floating IP's description, written by the create request itself (neutron refuses
+        `tags` in a floating IP's POST even where it lists the `tag-creation` extension). Where neutron has tags
+        (`standard-attr-tag`) they are also set right after, for operators; lookups rely only on the description."""
         network_id = self._external_network_id()
         encoded = _encode_tags(tags or {})
+        description = _ip_description(encoded)
         with self._errors("allocate a floating IP"):
-            ip = self.conn.network.create_ip(
-                floating_network_id=network_id, description=" ".join(encoded)[:255] or "skyport"
-            )
-            if encoded:
-                with contextlib.suppress(Exception):  # tags are an extension; the description carries them too
-                    self.conn.network.set_tags(ip, encoded)
+            ip = self.conn.network.create_ip(floating_network_id=network_id, description=description)
+        if encoded and TAG_EXTENSION in self._neutron_extensions():
+            with contextlib.suppress(Exception):  # the description already carries them
+                self.conn.network.set_tags(ip, encoded)
         return PublicIP(id=str(ip.id), address=str(ip.floating_ip_address), server_id=None)
+
+    def list_public_ips(self, *, tags: dict[str, str] | None = None) -> list[PublicIP]:
+        """The project's floating IPs (all pages), filtered here by the tags in their descriptions: neutron's own
+        tags filter would miss an address whose allocation was interrupted before its tags were set."""
+        wanted = dict(tags or {})
+        with self._errors("list the floating IPs"):
+            ips = list(self.conn.network.ips(project_id=self.project_id))
+        found = []
+        for ip in ips:
+            carried = _description_tags(ip.description)
+            if any(carried.get(k) != v for k, v in wanted.items()):
+                continue
+            server_id = None
+            if ip.port_id:
+                with self._errors(f"find the port of floating IP {ip.id}"):
+                    port = self.conn.network.get_port(ip.port_id)
+                server_id = str(port.device_id) if port.device_id else None
+            found.append(PublicIP(id=str(ip.id), address=str(ip.floating_ip_address), server_id=server_id))
+        return sorted(found, key=lambda p: p.id)
 
     def attach_public_ip(self, ip_id: str, server_id: str) -> None:
         with self._errors(f"find server {server_id}"):

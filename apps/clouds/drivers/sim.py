@@ -492,6 +492,19 @@ class SimDriver(CloudDriver):
 
         return self._call("allocate_public_ip", action)
 
+    def list_public_ips(self, *, tags: dict[str, str] | None = None) -> list[PublicIP]:
+        def action(cloud: SimCloud) -> list[PublicIP]:
+            ips = []
+            rows = SimPublicIP.objects.filter(cloud=cloud, region=self.region or "", released=False)
+            for row in rows.select_related("server"):
+                if tags and any(row.tags.get(k) != v for k, v in tags.items()):
+                    continue
+                server_id = row.server.server_id if row.server is not None else None
+                ips.append(PublicIP(id=row.ip_id, address=row.address, server_id=server_id))
+            return ips
+
+        return self._call("list_public_ips", action)
+
     def _ip(self, cloud: SimCloud, ip_id: str) -> SimPublicIP:
         row = SimPublicIP.objects.filter(cloud=cloud, ip_id=ip_id, released=False).first()
         if row is None:
