@@ -220,7 +220,7 @@ class Operation(TenantModel):
     account = models.ForeignKey(CloudAccount, on_delete=models.PROTECT, related_name="operations")
     region = models.CharField(max_length=64, blank=True)
     kind = models.CharField(max_length=32)  # create_server, delete_server, resize_server, attach_public_ip, ...
-    idempotency_key = models.CharField(max_length=100, unique=True)
+    idempotency_key = models.CharField(max_length=100)  # unique per organisation (one cannot reach another's)
     params = models.JSONField(default=dict)  # never secrets
     steps = models.JSONField(default=list)  # the plan, e.g. ["stop", "resize", "start"]
     step = models.PositiveSmallIntegerField(default=0)  # index of the next step to run
@@ -241,6 +241,9 @@ class Operation(TenantModel):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        constraints = [
+            models.UniqueConstraint("organization", "idempotency_key", name="operation_idempotency_key_unique_in_org")
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk} ({self.state})"

@@ -40,8 +40,10 @@ from apps.clouds.drivers.base import (
     Server,
     ServerState,
     TransientError,
+    scrub_secrets,
 )
 from apps.clouds.models import CloudAccount, Operation
+from apps.core.crypto import DecryptionError
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +302,10 @@ def operation_start(
     max_attempts: int = 5,
 ) -> Operation:
     """Commit the intent. The same idempotency key answers with the operation it started the first time."""
-    existing = Operation.objects.all_tenants().filter(idempotency_key=idempotency_key).first()
+    same_key = Operation.objects.all_tenants().filter(
+        organization_id=account.organization_id, idempotency_key=idempotency_key
+    )
+    existing = same_key.first()
     if existing is not None:
         return existing
     plan = steps if steps is not None else operation_plan(kind, params, driver_kind=account.kind)
@@ -323,7 +328,7 @@ def operation_start(
             )
     except IntegrityError:
         # a concurrent start with the same key won
-        return Operation.objects.all_tenants().get(idempotency_key=idempotency_key)
+        return same_key.get()
 
 
 def in_transaction(using: str = DEFAULT_DB_ALIAS) -> bool:
@@ -418,6 +423,9 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
     except CloudError as exc:
         _finish_failed(operation, worker_id, exc.message, ERROR_KINDS.get(type(exc), "internal"))
         return _rows().get(pk=operation_id)
+    except DecryptionError as exc:  # a key was dropped too early: retrying cannot help
+        _finish_failed(operation, worker_id, str(exc), "auth")
+        return _rows().get(pk=operation_id)
 
     while operation.step < len(operation.steps):
         name = operation.steps[operation.step]
@@ -432,10 +440,11 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
             return _rows().get(pk=operation_id)
         except CloudError as exc:
             kind = next((v for k, v in ERROR_KINDS.items() if isinstance(exc, k)), "internal")
+            message = scrub_secrets(exc.message, driver.credentials)  # stored and shown: never a credential
             if exc.retryable:
-                _retry_or_fail(operation, worker_id, exc.message, kind, exc.retry_after)
+                _retry_or_fail(operation, worker_id, message, kind, exc.retry_after)
             else:
-                _finish_failed(operation, worker_id, exc.message, kind)
+                _finish_failed(operation, worker_id, message, kind)
             return _rows().get(pk=operation_id)
         except Exception as exc:
             log.exception("operation %s: step %s raised", operation.pk, name)

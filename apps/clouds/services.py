@@ -22,6 +22,7 @@ from django.utils.text import slugify
 from apps.accounts.models import Organization, Project, User
 from apps.clouds import drivers
 from apps.clouds.drivers import base
+from apps.clouds.drivers.base import scrub_secrets
 from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Health, Network
 from apps.core import audit
 from apps.core.netsafety import UnsafeURLError, check_url
@@ -131,12 +132,8 @@ def provider_spec(kind: str) -> ProviderSpec:
     return PROVIDERS[kind]
 
 
-def _redact(message: str, credentials: dict[str, str]) -> str:
-    """A provider message must never carry a credential back to the person (some APIs echo what they got)."""
-    for value in credentials.values():
-        if isinstance(value, str) and len(value) >= 4:
-            message = message.replace(value, "[redacted]")
-    return message
+# a provider message must never carry a credential back to the person (some APIs echo what they got)
+_redact = scrub_secrets
 
 
 def _clean_credentials(spec: ProviderSpec, credentials: Any) -> dict[str, str]:

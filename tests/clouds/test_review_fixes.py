@@ -57,3 +57,27 @@ def test_deeply_nested_options_in_the_page_form_is_a_form_error(client, sam, eas
     assert response.status_code == 400  # the form again, with the error
     assert "at most 8192 characters" in response.content.decode()
     assert CloudAccount.objects.all_tenants().get(pk=east.pk).options == before
+
+
+def test_idempotency_keys_belong_to_one_organisation(sam, mallory, acme, globex, east):
+    from apps.clouds.operations import operation_start
+    from tests.clouds.accounts_world import connect
+
+    theirs = connect(mallory, globex, "globex-cloud")
+    params = {"name": "web-1", "image_id": "x", "size_id": "y"}
+    ours = operation_start(account=east, region=None, kind="delete_server", params=params, idempotency_key="k-1")
+    other = operation_start(account=theirs, region=None, kind="delete_server", params=params, idempotency_key="k-1")
+    assert other.pk != ours.pk and other.organization_id == globex.pk
+    again = operation_start(account=east, region=None, kind="delete_server", params=params, idempotency_key="k-1")
+    assert again.pk == ours.pk
+
+
+def test_generic_libcloud_provider_that_cannot_tag_creates_nothing():
+    from apps.clouds.drivers.base import CreateServer, InvalidRequestError
+    from apps.clouds.drivers.libcloud_driver import LibcloudDriver
+
+    driver = LibcloudDriver(credentials={"key": "0"}, options={"provider": "dummy"})
+    before = len(driver.list_servers())
+    with pytest.raises(InvalidRequestError, match="cannot tag a server"):
+        driver.create_server(CreateServer(name="x", image_id="1", size_id="1", tags={"skyport:operation": "7"}))
+    assert len(driver.list_servers()) == before

@@ -57,6 +57,14 @@ class InvalidRequestError(CloudError):
     """The request itself is wrong (bad size for this image, bad parameter, unsupported operation)."""
 
 
+def scrub_secrets(message: str, credentials: dict[str, str]) -> str:
+    """Remove credential values from a message that will be stored or shown (some providers echo them)."""
+    for value in credentials.values():
+        if isinstance(value, str) and len(value) >= 4:
+            message = message.replace(value, "[redacted]")
+    return message
+
+
 # --- data --------------------------------------------------------------------------------------------------------
 
 

@@ -61,6 +61,8 @@ except ImportError as exc:  # pragma: no cover - the dependency is in the projec
 
 import requests
 
+CALL_TIMEOUT_SECONDS = 60  # per HTTP call; far below apps.clouds.operations.LEASE_SECONDS
+
 # --- error mapping -----------------------------------------------------------------------------------------------
 
 AUTH_CODES = frozenset(
@@ -323,6 +325,8 @@ class LibcloudDriver(CloudDriver):
             if self._node_driver is None:
                 with self._errors("connecting"):
                     self._node_driver = self._build_node_driver()
+                    # a hung call must end well before the Operation lease, or a second worker could take over
+                    self._node_driver.connection.timeout = CALL_TIMEOUT_SECONDS
             return self._node_driver
 
     def _build_node_driver(self) -> Any:
@@ -512,6 +516,14 @@ class LibcloudDriver(CloudDriver):
 
     def create_server(self, request: CreateServer) -> Server:
         nd = self.node_driver
+        # Tags set at creation are how a retry after a crash finds what the first attempt created; a provider
+        # that cannot take them could end up with two servers, so Skyport does not create servers there.
+        if "ex_metadata" not in inspect.signature(nd.create_node).parameters:
+            raise InvalidRequestError(
+                f"{self.provider_label} cannot tag a server when creating it, which Skyport needs to be sure a retry "
+                "never creates a second server: launching there is not supported."
+            )
+        tags = dict(request.tags)
         with self._errors("creating the server"):
             size = next((s for s in nd.list_sizes() if str(s.id) == request.size_id), None)
             image = next((i for i in nd.list_images() if str(i.id) == request.image_id), None)
@@ -519,7 +531,7 @@ class LibcloudDriver(CloudDriver):
                 raise NotFoundError(f"{self.provider_label} has no size {request.size_id!r}.")
             if image is None:
                 raise NotFoundError(f"{self.provider_label} has no image {request.image_id!r}.")
-            kwargs: dict[str, Any] = {"name": request.name, "size": size, "image": image}
+            kwargs: dict[str, Any] = {"name": request.name, "size": size, "image": image, "ex_metadata": tags}
             if request.public_key and "ssh_key" in (nd.features or {}).get("create_node", []):
                 from libcloud.compute.base import NodeAuthSSHKey
 

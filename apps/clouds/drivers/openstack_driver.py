@@ -228,7 +228,8 @@ class OpenStackDriver(CloudDriver):
                 identity_api_version="3",
                 interface=self.options.get("interface") or "public",
                 verify=self.options.get("verify", True),
-                api_timeout=float(self.options.get("timeout", 60)),
+                # bounded: a hung call must end well before the Operation lease (300 s) runs out
+                api_timeout=min(max(float(self.options.get("timeout", 60)), 5.0), 120.0),
                 # keystoneauth would otherwise retry a refused connection for a long time
                 connect_retries=1,
             )
