@@ -468,6 +468,8 @@ def grant_create(
         raise ServiceError({"project": "This project belongs to another organisation."})
     if not account.is_active:
         raise ServiceError({"account": "This account is deactivated: it cannot be granted."})
+    if project.is_archived:
+        raise ServiceError({"project": f"{project.name} is archived: it cannot be given cloud accounts."})
     region_list = list(dict.fromkeys(regions or []))
     outside = [r for r in region_list if r not in account.all_regions]
     if outside:

@@ -81,3 +81,14 @@ def test_generic_libcloud_provider_that_cannot_tag_creates_nothing():
     with pytest.raises(InvalidRequestError, match="cannot tag a server"):
         driver.create_server(CreateServer(name="x", image_id="1", size_id="1", tags={"skyport:operation": "7"}))
     assert len(driver.list_servers()) == before
+
+
+def test_an_archived_project_cannot_be_granted(sam, web, east):
+    from apps.accounts import services as account_services
+    from apps.clouds.models import CloudGrant
+
+    account_services.project_update(actor=sam, project=web, is_archived=True)
+    before = CloudGrant.objects.all_tenants().count()
+    with pytest.raises(services.ServiceError, match="archived"):
+        services.grant_create(actor=sam, account=east, project=web)
+    assert CloudGrant.objects.all_tenants().count() == before
