@@ -239,7 +239,7 @@ def _grant_choices(request: PageRequest) -> tuple[list[CloudAccount], list[Proje
     accounts = list(CloudAccount.objects.for_user(request.user, "grants.manage")
                     .filter(organization_id=org_id(request), is_active=True).order_by("name"))
     projects = list(Project.objects.for_user(request.user, "grants.manage")
-                    .filter(organization_id=org_id(request)).order_by("name"))
+                    .filter(organization_id=org_id(request), is_archived=False).order_by("name"))
     return accounts, projects
 
 
