@@ -155,7 +155,9 @@ CELERY_BEAT_SCHEDULE = {
     "sync-cloud-accounts": {"task": "apps.clouds.tasks.sync_all_accounts", "schedule": 900.0},
 }
 # task modules outside `<app>.tasks` that workers must load
-CELERY_IMPORTS = ["apps.clouds.operations_tasks"]
+CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks"]
+# operation kind → function called with the operation after each run (the app that started it follows it)
+SKYPORT_OPERATION_FOLLOWERS = {"push_image": "apps.catalog.images.image_copy_follow"}
 # never under tests: a background thread would run the periodic tasks against the test database
 SKYPORT_INPROCESS_SCHEDULER = env.bool(
     "SKYPORT_INPROCESS_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER and not TESTING

@@ -22,10 +22,11 @@ from apps.accounts import services
 from apps.accounts.models import ApiToken, Invitation, Membership, Notification, Organization, Project
 from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Network
 from apps.core.models import AuditEvent
+from tests.catalog.walk import CATALOG_MODELS, catalog_routes, catalog_world
 
 MARK = "ACMEMARK"
 TENANT_MODELS = (Organization, Project, Membership, Invitation, ApiToken, Notification, AuditEvent, CloudAccount,
-                 CloudGrant, Flavor, CloudImage, Network)
+                 CloudGrant, Flavor, CloudImage, Network, *CATALOG_MODELS)
 
 
 def all_routes() -> dict[str, str]:
@@ -123,6 +124,8 @@ ROUTES: dict[str, Route] = {
     "api:network-detail": Route(obj="network"),
 }
 
+ROUTES.update({name: Route(**kwargs) for name, kwargs in catalog_routes().items()})
+
 EXCLUDED: dict[str, str] = {
     "accounts:login": "public sign-in page; covered by tests/pages/test_auth.py",
     "accounts:logout": "ends the caller's own session only",
@@ -139,7 +142,7 @@ def _is_format_suffix(pattern: str) -> bool:
 
 
 @pytest.fixture
-def world(personas, acme, web, sam, connor, vera):
+def world(personas, acme, web, data, sam, connor, vera):
     """Acme rows that carry the marker, one of each kind a route can point at."""
     services.project_update(actor=sam, project=web, description=f"{MARK} project")
     invitation, _ = services.invitation_create(
@@ -152,6 +155,7 @@ def world(personas, acme, web, sam, connor, vera):
     cloud = _acme_cloud(acme, web)
     return {
         **cloud,
+        **catalog_world(MARK, acme, web, data, cloud["cloud_account"]),
         "organization": acme,
         "project": web,
         "membership": Membership.objects.all_tenants().get(user=vera, project=web),

@@ -34,6 +34,8 @@ from apps.clouds.drivers.base import (
     CloudDriver,
     CloudError,
     CreateServer,
+    ImagePending,
+    ImageUpload,
     InvalidRequestError,
     NotFoundError,
     QuotaError,
@@ -100,10 +102,11 @@ class OperationFailed(Exception):
 class NotReady(Exception):
     """The provider has not got there yet: run this step again in `delay` seconds."""
 
-    def __init__(self, waiting_for: str, delay: float = POLL_SECONDS) -> None:
+    def __init__(self, waiting_for: str, delay: float = POLL_SECONDS, progress: int | None = None) -> None:
         super().__init__(waiting_for)
         self.waiting_for = waiting_for
         self.delay = delay
+        self.progress = progress
 
 
 @dataclass
@@ -245,6 +248,31 @@ def _step_verify_size(ctx: StepContext) -> dict[str, Any]:
     return {"size_id": server.size_id}
 
 
+def image_upload_for(operation: Operation) -> ImageUpload:
+    """The upload an image push operation describes (params written by the catalog), tagged with its ids."""
+    p = operation.params
+    return ImageUpload(
+        name=p["name"],
+        path=p["path"],
+        disk_format=p["disk_format"],
+        arch=p.get("arch", "x86_64"),
+        tags={**p.get("tags", {}), **operation_tags(operation)},
+        description=p.get("description", ""),
+        min_disk_gb=int(p.get("min_disk_gb", 0)),
+        size_bytes=p.get("size_bytes"),
+    )
+
+
+def _image_step(name: str) -> Callable[[StepContext], dict[str, Any]]:
+    def step(ctx: StepContext) -> dict[str, Any]:
+        try:
+            return ctx.driver.image_step(name, image_upload_for(ctx.operation), dict(ctx.result))
+        except ImagePending as pending:
+            raise NotReady(pending.waiting_for, pending.delay, pending.progress) from None
+
+    return step
+
+
 STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "create": _step_create,
     "wait_running": _wait_for({ServerState.RUNNING}, "running"),
@@ -263,7 +291,20 @@ for _name, _states in RESIZE_STEP_DONE.items():
     STEPS[f"resize:{_name}"] = _resize_call(_name)
     STEPS[f"resize:wait_{_name}"] = _wait_for(_states, f"{_name} done")
 
-KINDS = ("create_server", "delete_server", "start_server", "stop_server", "reboot_server", "resize_server")
+# image pushes: every step any driver declares in `image_steps`
+IMAGE_STEP_NAMES = ("upload", "s3_upload", "import_snapshot", "wait_snapshot", "register_image", "wait_active")
+for _name in IMAGE_STEP_NAMES:
+    STEPS[f"image:{_name}"] = _image_step(_name)
+
+KINDS = (
+    "create_server",
+    "delete_server",
+    "start_server",
+    "stop_server",
+    "reboot_server",
+    "resize_server",
+    "push_image",
+)
 
 
 def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> list[str]:
@@ -278,6 +319,8 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
         return ["stop", "wait_stopped"]
     if kind == "reboot_server":
         return ["reboot", "wait_running"]
+    if kind == "push_image":
+        return [f"image:{step}" for step in driver_class(driver_kind).image_steps]
     if kind == "resize_server":
         plan: list[str] = []
         for step in driver_class(driver_kind).resize_steps:
@@ -484,7 +527,12 @@ def _park(operation: Operation, worker_id: str, wait: NotReady) -> None:
         state=Operation.State.PENDING,
         attempt=F("attempt") - 1,
         next_attempt_at=now + datetime.timedelta(seconds=wait.delay),
-        result={**operation.result, "waiting_since": since.isoformat(), "waiting_for": wait.waiting_for},
+        result={
+            **operation.result,
+            "waiting_since": since.isoformat(),
+            "waiting_for": wait.waiting_for,
+            **({"progress": wait.progress} if wait.progress is not None else {}),
+        },
     )
 
 

@@ -10,6 +10,7 @@ import uuid
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.utils.module_loading import import_string
 
 from apps.clouds.models import Operation
 from apps.clouds.operations import operation_run, operations_due
@@ -19,9 +20,25 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
 
 
+def operation_follow(operation: Operation | None) -> None:
+    """Tell the app that started the operation how it went (settings.SKYPORT_OPERATION_FOLLOWERS: kind → function
+    taking the operation), e.g. the catalog updating an image copy's state and progress."""
+    if operation is None:
+        return
+    path = settings.SKYPORT_OPERATION_FOLLOWERS.get(operation.kind)
+    if path:
+        import_string(path)(operation)
+
+
+def operation_run_and_follow(operation_id: int) -> Operation | None:
+    operation = operation_run(operation_id, worker_id=worker_id())
+    operation_follow(operation)
+    return operation
+
+
 @shared_task(name="apps.clouds.operations_tasks.operation_run_task", ignore_result=True)
 def operation_run_task(operation_id: int) -> None:
-    operation = operation_run(operation_id, worker_id=worker_id())
+    operation = operation_run_and_follow(operation_id)
     if operation is None or operation.state != Operation.State.PENDING or operation.next_attempt_at is None:
         return
     if not settings.CELERY_TASK_ALWAYS_EAGER:
@@ -40,6 +57,6 @@ def operations_resume() -> int:
     """Run every due operation here; a lease taken by another worker makes the call a no-op. Returns how many ran."""
     ran = 0
     for operation_id in operations_due():
-        if operation_run(operation_id, worker_id=worker_id()) is not None:
+        if operation_run_and_follow(operation_id) is not None:
             ran += 1
     return ran

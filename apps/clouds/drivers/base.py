@@ -182,6 +182,20 @@ class ImageUpload:
     disk_format: str  # raw, qcow2, vmdk, vhd
     arch: str = "x86_64"
     tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    min_disk_gb: int = 0
+    size_bytes: int | None = None
+
+
+class ImagePending(Exception):  # noqa: N818 (a state, not an error)
+    """Raised by an image step that must wait for the provider (an import task still running): the Operation parks
+    and runs the same step again in `delay` seconds, with `progress` (0-100) shown on the copy meanwhile."""
+
+    def __init__(self, waiting_for: str, *, progress: int | None = None, delay: float = 5.0) -> None:
+        super().__init__(waiting_for)
+        self.waiting_for = waiting_for
+        self.progress = progress
+        self.delay = delay
 
 
 # --- the interface -----------------------------------------------------------------------------------------------
@@ -281,6 +295,26 @@ class CloudDriver(ABC):
     def release_public_ip(self, ip_id: str) -> None: ...
 
     # images
+    # What each provider needs, best first: the push converts the master file to the first format listed.
+    image_formats: ClassVar[tuple[str, ...]] = ("qcow2", "raw")
+    # A push runs these steps one by one through the Operation protocol (one committed step each). Each gets the
+    # upload and the state committed by the steps before it, returns what to add to that state, and raises
+    # ImagePending to be called again later. The last step's state holds "image_id". Steps must be safe to run
+    # again after a crash: what they create carries `upload.tags` (installation + operation ids) and is looked up
+    # by them first.
+    image_steps: ClassVar[tuple[str, ...]] = ("upload",)
+
+    def image_step(self, step: str, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        if step != "upload":
+            raise ValueError(f"unknown image step {step!r}")
+        found = self.find_image(tags=upload.tags) if upload.tags else None
+        image = found or self.upload_image(upload)
+        return {"image_id": image.id}
+
+    def find_image(self, *, tags: dict[str, str]) -> Image | None:
+        """The image an earlier attempt uploaded with these tags, if the provider has it."""
+        return None
+
     @abstractmethod
     def upload_image(self, upload: ImageUpload) -> Image: ...
 
