@@ -187,7 +187,7 @@ class ImageUpload:
     size_bytes: int | None = None
 
 
-class ImagePending(Exception):  # noqa: N818 (a state, not an error)
+class ImagePending(Exception):
     """Raised by an image step that must wait for the provider (an import task still running): the Operation parks
     and runs the same step again in `delay` seconds, with `progress` (0-100) shown on the copy meanwhile."""
 
