@@ -1,0 +1,32 @@
+"""Who may change a catalog row: the role table first (images.manage / catalog.publish in the owner project, or
+an org role allowing it), then django-guardian object grants for the cases roles cannot express (a designer of
+another project allowed to edit one blueprint or one image)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+
+from apps.core.access import get_access
+
+# model name → guardian permission codename that grants changes on one row
+OBJECT_PERMISSIONS = {"image": "catalog.manage_image", "blueprint": "catalog.manage_blueprint"}
+
+
+def can_change(user: Any, obj: Any, action: str = "images.manage") -> bool:
+    if get_access(user).can_on(action, obj):
+        return True
+    perm = OBJECT_PERMISSIONS.get(obj._meta.model_name)
+    # an object grant counts only while the user still belongs to the organisation
+    return bool(
+        perm
+        and obj.organization_id in get_access(user).organization_ids
+        and user.has_perm(perm, obj)
+    )
+
+
+def require_change(user: Any, obj: Any, action: str = "images.manage") -> None:
+    """403 unless `user` may change `obj` (visibility, the 404, is the caller's scoped query's job)."""
+    if not can_change(user, obj, action):
+        raise PermissionDenied(f"You are not allowed to change this ({action}).")
