@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 TAG_INSTALLATION = "skyport:installation"
 TAG_OPERATION = "skyport:operation"
 LEASE_SECONDS = 300
+# steps that move whole disk images (an S3 upload, a glance upload) run longer than any server call: their lease
+# covers the largest upload, so another worker does not take the operation over while the first is still sending
+LEASE_SECONDS_BY_KIND = {"push_image": 2 * 3600}
 POLL_SECONDS = 5
 WAIT_TIMEOUT_SECONDS = 30 * 60
 BACKOFF_SECONDS = 10
@@ -454,6 +457,8 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
         raise OperationInTransactionError(
             "operation_run must be called with no database transaction open: enqueue it with transaction.on_commit."
         )
+    kind = _rows().filter(pk=operation_id).values_list("kind", flat=True).first()
+    lease_seconds = max(lease_seconds, LEASE_SECONDS_BY_KIND.get(kind or "", 0))
     if not operation_claim(operation_id, worker_id=worker_id, lease_seconds=lease_seconds):
         return None
     operation = _rows().select_related("account").get(pk=operation_id)

@@ -244,7 +244,7 @@ def test_list_public_ips_filters_by_tags_given_at_allocation(moto_ec2):
 
 def test_image_upload_is_not_offered_yet(moto_ec2):
     upload = ImageUpload(name="x", path="/nonexistent.raw", disk_format="raw")
-    with pytest.raises(InvalidRequestError, match="EC2 image import arrives with the catalog"):
+    with pytest.raises(InvalidRequestError, match="EC2 imports an image in steps"):
         moto_ec2.driver().upload_image(upload)
 
 

@@ -306,3 +306,31 @@ def test_enqueue_runs_after_the_commit(account, django_capture_on_commit_callbac
     op.refresh_from_db()
     assert (op.state, op.step) == ("pending", 1)  # created, now waiting for the server to run
     assert len(_servers()) == 1
+
+
+def test_image_push_holds_a_lease_long_enough_for_an_upload(account, tmp_path):
+    """A push moves a whole disk in one step: its lease outlasts the upload, so no second worker takes it over
+    while the first is still sending; a server operation keeps the short lease."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 4096)
+    push = _start(account, kind="push_image", key="push-1", name="img", path=str(disk), disk_format="raw")
+    server = _start(account, key="create-1")
+    assert operation_claim(server.pk, worker_id="w1")
+    before = timezone.now()
+    calls = []
+    original = SimDriver.image_step
+
+    def watch(self, step, upload, state):
+        row = Operation.objects.all_tenants().get(pk=push.pk)
+        calls.append((row.lease_expires_at - before).total_seconds())
+        return original(self, step, upload, state)
+
+    SimDriver.image_step = watch
+    try:
+        op = operation_run(push.pk, worker_id="w2")
+    finally:
+        SimDriver.image_step = original
+    assert op.state == Operation.State.SUCCEEDED and op.result["image_id"]
+    assert calls and calls[0] > 3600
+    short = Operation.objects.all_tenants().get(pk=server.pk)
+    assert (short.lease_expires_at - before).total_seconds() <= 300

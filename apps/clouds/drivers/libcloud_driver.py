@@ -18,6 +18,8 @@ import datetime
 import functools
 import hashlib
 import inspect
+import logging
+import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -36,6 +38,7 @@ from apps.clouds.drivers.base import (
     CpuSample,
     CreateServer,
     Image,
+    ImagePending,
     ImageUpload,
     InvalidRequestError,
     Network,
@@ -47,6 +50,7 @@ from apps.clouds.drivers.base import (
     ServerState,
     Size,
     TransientError,
+    scrub_secrets,
 )
 
 try:  # libcloud is imported lazily by the registry; the import here only runs when an account uses it
@@ -60,6 +64,8 @@ except ImportError as exc:  # pragma: no cover - the dependency is in the projec
     raise ImportError("apache-libcloud is required for the ec2 and libcloud cloud types") from exc
 
 import requests
+
+log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_SECONDS = 60  # per HTTP call; far below apps.clouds.operations.LEASE_SECONDS
 
@@ -642,11 +648,132 @@ def _ec2_sizes(region: str) -> tuple[Size, ...]:
     return tuple(sorted(sizes, key=lambda s: s.id))
 
 
-class ImageImporter:
-    """The seam for EC2 image import: upload the disk to S3, ImportSnapshot, RegisterImage. Not provided yet."""
+# --- EC2 image import (VM Import: S3 → ImportSnapshot → RegisterImage) ---------------------------------------------
 
-    def import_image(self, driver: EC2Driver, upload: ImageUpload) -> Image:
-        raise InvalidRequestError("EC2 image import arrives with the catalog.")
+TAG_INSTALLATION = "skyport:installation"  # the same keys as apps.clouds.operations puts on everything it creates
+TAG_OPERATION = "skyport:operation"
+IMPORT_POLL_SECONDS = 15  # snapshot imports take minutes; polling faster only spends API calls
+S3_PART_BYTES = 64 * 1024 * 1024
+# AMI names: 3-128 characters of letters, digits and ( ) [ ] space . / - ' @ _
+_AMI_NAME_BAD = re.compile(r"[^a-zA-Z0-9()\[\] ./\-'@_]")
+_EC2_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
+# boto3's S3UploadFailedError carries the S3 error only as text: "... (NoSuchBucket) when calling the PutObject
+# operation: The specified bucket does not exist"
+_BOTO_ERROR_TEXT = re.compile(r"\(([A-Za-z][A-Za-z0-9.]*)\) when calling the \w+ operation(?: \([^)]*\))?: (.*)$", re.S)
+
+
+def ami_name(name: str, operation: str = "") -> str:
+    """The deterministic AMI name of a push: the image name made valid for EC2, then the operation id (so a retry
+    finds the AMI an earlier attempt registered, and two pushes of the same image never collide)."""
+    suffix = f"-{operation}" if operation else ""
+    base = re.sub(r"\s+", " ", _AMI_NAME_BAD.sub("-", name)).strip() or "image"
+    result = base[: 128 - len(suffix)].rstrip() + suffix
+    return result if len(result) >= 3 else f"skyport-{result}"
+
+
+def _ec2_arch(arch: str) -> str:
+    if arch.lower() not in _EC2_ARCH:
+        raise InvalidRequestError(f"EC2 has no {arch!r} images: choose x86_64 or arm64.")
+    return _EC2_ARCH[arch.lower()]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportStatus:
+    """One look at an EC2 snapshot import task (DescribeImportSnapshotTasks' SnapshotTaskDetail)."""
+
+    state: str  # active | completed | deleting | deleted
+    progress: int | None = None  # percent, while active
+    snapshot_id: str | None = None  # once completed
+    message: str = ""  # EC2's StatusMessage: the stage while active, the reason when deleted
+
+
+class ImageImporter:
+    """EC2's VM Import calls for snapshots: ImportSnapshot from an S3 object, and DescribeImportSnapshotTasks.
+
+    `EC2Driver.image_importer` holds the instance the driver uses; an EC2-compatible endpoint without VM Import (or a
+    test) puts another implementation there. Both calls go through boto3's EC2 client with the account's
+    credentials, endpoint, timeouts and bounded retries, and raise the driver's typed errors.
+    """
+
+    def start_import_snapshot(
+        self,
+        driver: EC2Driver,
+        *,
+        bucket: str,
+        key: str,
+        disk_format: str,
+        description: str,
+        client_token: str,
+        tags: dict[str, str],
+    ) -> str:
+        """Start importing s3://bucket/key as an EBS snapshot; returns the import task id (import-snap-...).
+
+        Safe to call again for the same push: a task carrying the push's skyport tags is answered instead of starting
+        a second one, and AWS itself answers a repeated ClientToken with the task it started the first time."""
+        ec2 = driver.aws_client("ec2")
+        with driver.aws_errors("starting the snapshot import"):
+            existing = self._find_task(ec2, tags)
+            if existing:
+                return existing
+            response = ec2.import_snapshot(
+                ClientToken=client_token,
+                Description=description[:255],
+                DiskContainer={
+                    "Description": description[:255],
+                    "Format": disk_format.upper(),
+                    "UserBucket": {"S3Bucket": bucket, "S3Key": key},
+                },
+                RoleName=driver.image_role,
+                TagSpecifications=[
+                    {
+                        "ResourceType": "import-snapshot-task",
+                        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                    }
+                ],
+            )
+        task_id = str(response.get("ImportTaskId") or "")
+        if not task_id:
+            raise TransientError("EC2 accepted the snapshot import but returned no task id; Skyport will retry.")
+        return task_id
+
+    def describe_import_snapshot(self, driver: EC2Driver, task_id: str) -> ImportStatus:
+        ec2 = driver.aws_client("ec2")
+        with driver.aws_errors("checking the snapshot import"):
+            tasks = ec2.describe_import_snapshot_tasks(ImportTaskIds=[task_id]).get("ImportSnapshotTasks") or []
+        if not tasks:
+            raise NotFoundError(
+                f"EC2 has no snapshot import task {task_id} (EC2 forgets finished tasks after 7 days).",
+                provider_code="InvalidConversionTaskId",
+            )
+        return _import_status(tasks[0].get("SnapshotTaskDetail") or {})
+
+    def _find_task(self, ec2: Any, tags: dict[str, str]) -> str | None:
+        """A live import task carrying this push's skyport tags (an earlier attempt started it, then died)."""
+        ours = {k: v for k, v in tags.items() if k in (TAG_INSTALLATION, TAG_OPERATION)}
+        if len(ours) < 2:
+            return None
+        kwargs: dict[str, Any] = {"MaxResults": 100}
+        while True:
+            page = ec2.describe_import_snapshot_tasks(**kwargs)
+            for task in page.get("ImportSnapshotTasks") or []:
+                task_tags = {t.get("Key"): t.get("Value") for t in task.get("Tags") or []}
+                status = str((task.get("SnapshotTaskDetail") or {}).get("Status") or "").lower()
+                if all(task_tags.get(k) == v for k, v in ours.items()) and status not in ("deleting", "deleted"):
+                    return str(task["ImportTaskId"])
+            token = page.get("NextToken")
+            if not token:
+                return None
+            kwargs["NextToken"] = token
+
+
+def _import_status(detail: dict[str, Any]) -> ImportStatus:
+    progress = detail.get("Progress")
+    return ImportStatus(
+        state=str(detail.get("Status") or "active").lower(),
+        progress=_int(progress) if progress not in (None, "") else None,
+        snapshot_id=str(detail.get("SnapshotId") or "") or None,
+        message=str(detail.get("StatusMessage") or ""),
+    )
 
 
 class EC2Driver(LibcloudDriver):
@@ -668,6 +795,9 @@ class EC2Driver(LibcloudDriver):
     provider_label = "EC2"
     # tests swap in a subclass whose connection adapts to an EC2-compatible test server
     node_driver_class: ClassVar[Any] = SkyportEC2NodeDriver
+    # AWS VM Import formats, best first (a streamOptimized VMDK is the smallest to upload)
+    image_formats: ClassVar[tuple[str, ...]] = ("vmdk", "raw", "vhd")
+    image_steps: ClassVar[tuple[str, ...]] = ("s3_upload", "import_snapshot", "wait_snapshot", "register_image")
     image_importer: ClassVar[ImageImporter] = ImageImporter()
 
     @property
@@ -933,10 +1063,291 @@ class EC2Driver(LibcloudDriver):
                 self._ec2({"Action": "DisassociateAddress", "AssociationId": association})
             self._ec2({"Action": "ReleaseAddress", "AllocationId": ip_id})
 
-    # --- images and metrics
+    # --- images: VM Import (upload to S3, ImportSnapshot, wait, RegisterImage)
+    #
+    # Account options: image_bucket (required: the S3 bucket VM Import reads from, in the account's region),
+    # image_role (the VM Import service role, default "vmimport"), image_s3_endpoint (S3 of an EC2-compatible cloud
+    # when it is not at `endpoint`), image_delete_uploads (delete the S3 object once the AMI is registered; by
+    # default it is kept, and a lifecycle rule on the bucket's skyport/ prefix can expire it).
 
     def upload_image(self, upload: ImageUpload) -> Image:
-        return self.image_importer.import_image(self, upload)
+        raise InvalidRequestError(
+            "EC2 imports an image in steps (upload to S3, snapshot import, register the AMI) that take minutes: "
+            "push it with an image push operation."
+        )
+
+    def image_step(self, step: str, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        steps = {
+            "s3_upload": self._image_s3_upload,
+            "import_snapshot": self._image_import_snapshot,
+            "wait_snapshot": self._image_wait_snapshot,
+            "register_image": self._image_register,
+        }
+        if step not in steps:
+            raise ValueError(f"unknown EC2 image step {step!r}")
+        return steps[step](upload, state)
+
+    def find_image(self, *, tags: dict[str, str]) -> Image | None:
+        """The account's own AMI carrying all these tags (the oldest, when an earlier push made several)."""
+        images = self._own_images(tags=tags)
+        return self._ec2_image(images[0]) if images else None
+
+    @property
+    def image_bucket(self) -> str:
+        bucket = str(self.options.get("image_bucket") or "").strip()
+        if not bucket:
+            raise InvalidRequestError(
+                "Set option image_bucket on the EC2 account to the S3 bucket VM Import reads from."
+            )
+        return bucket
+
+    @property
+    def image_role(self) -> str:
+        return str(self.options.get("image_role") or "vmimport")
+
+    def _image_key(self, upload: ImageUpload) -> str:
+        installation = upload.tags.get(TAG_INSTALLATION) or "default"
+        operation = upload.tags.get(TAG_OPERATION) or hashlib.sha256(upload.path.encode()).hexdigest()[:16]
+        return f"skyport/{installation}/{operation}/{os.path.basename(upload.path)}"
+
+    def _image_s3_upload(self, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        """Put the disk at skyport/<installation>/<operation>/<file>: a retry writes the same key, and skips the
+        upload when the object is already there with the file's size (S3 shows an object only once complete)."""
+        bucket = self.image_bucket
+        if upload.disk_format not in self.image_formats:
+            raise InvalidRequestError(f"EC2 imports {', '.join(self.image_formats)} disks, not {upload.disk_format!r}.")
+        _ec2_arch(upload.arch)
+        if not os.path.isfile(upload.path):
+            raise InvalidRequestError(
+                f"The disk file {os.path.basename(upload.path)!r} of this push is gone; push the image again."
+            )
+        size = os.path.getsize(upload.path)
+        key = self._image_key(upload)
+        s3 = self.aws_client("s3")
+        try:
+            self._s3_put(s3, upload, bucket, key, size)
+        except CloudError as exc:
+            if exc.provider_code != "NoSuchBucket":
+                raise
+            raise InvalidRequestError(
+                f"The S3 bucket {bucket!r} (option image_bucket of the EC2 account) does not exist: create it in "
+                f"{self.region or 'us-east-1'} with the VM Import role allowed to read it, or correct the option.",
+                provider_code="NoSuchBucket",
+            ) from None
+        return {"s3_bucket": bucket, "s3_key": key, "s3_bytes": size}
+
+    def _s3_put(self, s3: Any, upload: ImageUpload, bucket: str, key: str, size: int) -> None:
+        with self.aws_errors(f"uploading the disk to S3 bucket {bucket!r}"):
+            if self._s3_size(s3, bucket, key) != size:
+                from boto3.s3.transfer import TransferConfig
+
+                s3.upload_file(
+                    upload.path,
+                    bucket,
+                    key,
+                    Config=TransferConfig(
+                        multipart_threshold=S3_PART_BYTES, multipart_chunksize=S3_PART_BYTES, max_concurrency=4
+                    ),
+                    ExtraArgs={"Metadata": {k.replace(":", "-"): v for k, v in upload.tags.items()}},
+                )
+
+    @staticmethod
+    def _s3_size(s3: Any, bucket: str, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if str((exc.response.get("Error") or {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def _image_import_snapshot(self, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        if state.get("import_task_id"):
+            return {}
+        installation = upload.tags.get(TAG_INSTALLATION, "")
+        operation = upload.tags.get(TAG_OPERATION, "")
+        task_id = self.image_importer.start_import_snapshot(
+            self,
+            bucket=str(state["s3_bucket"]),
+            key=str(state["s3_key"]),
+            disk_format=upload.disk_format,
+            description=(upload.description or f"{upload.name} (Skyport push {operation})")[:255],
+            client_token=client_token(f"skyport-{installation}-{operation}-import-snapshot"),
+            tags=dict(upload.tags),
+        )
+        return {"import_task_id": task_id}
+
+    def _image_wait_snapshot(self, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        task_id = str(state["import_task_id"])
+        status = self.image_importer.describe_import_snapshot(self, task_id)
+        message = scrub_secrets(status.message, self.credentials)[:300]
+        if status.state == "completed":
+            if not status.snapshot_id:
+                raise InvalidRequestError(f"EC2 finished the snapshot import {task_id} without a snapshot.")
+            return {"snapshot_id": status.snapshot_id}
+        if status.state in ("deleting", "deleted", "error", "failed", "cancelled"):
+            reason = message or "no reason given"
+            raise InvalidRequestError(f"EC2 could not import the disk (task {task_id}, {status.state}): {reason}")
+        progress = None if status.progress is None else max(0, min(100, status.progress))
+        stage = f": {message}" if message else ""
+        raise ImagePending(f"EC2 snapshot import{stage}", progress=progress, delay=IMPORT_POLL_SECONDS)
+
+    def _image_register(self, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        """RegisterImage from the snapshot, unless an earlier attempt did: the AMI is looked up by the push's tags,
+        then by its deterministic name (a crash between RegisterImage and CreateTags leaves it untagged)."""
+        ours = {k: v for k, v in upload.tags.items() if k in (TAG_INSTALLATION, TAG_OPERATION)}
+        name = ami_name(upload.name, ours.get(TAG_OPERATION, ""))
+        snapshot_id = str(state["snapshot_id"])
+        found = self._own_images(tags=ours) if len(ours) == 2 else []
+        if not found:
+            found = self._own_images(name=name)
+            theirs = found[0].extra.get("tags", {}).get(TAG_INSTALLATION) if found else None
+            if theirs and theirs != ours.get(TAG_INSTALLATION):
+                raise InvalidRequestError(
+                    f"This EC2 account already has an AMI named {name!r} from another Skyport installation."
+                )
+        if found:
+            image_id = str(found[0].id)
+        else:
+            arch = _ec2_arch(upload.arch)
+            params: dict[str, Any] = {
+                "Action": "RegisterImage",
+                "Name": name,
+                "Description": (upload.description or upload.name)[:255],
+                "Architecture": arch,
+                "RootDeviceName": "/dev/xvda",
+                "VirtualizationType": "hvm",
+                "EnaSupport": "true",
+                "BlockDeviceMapping.1.DeviceName": "/dev/xvda",
+                "BlockDeviceMapping.1.Ebs.SnapshotId": snapshot_id,
+                "BlockDeviceMapping.1.Ebs.VolumeType": "gp3",
+                "BlockDeviceMapping.1.Ebs.DeleteOnTermination": "true",
+            }
+            if upload.min_disk_gb and upload.min_disk_gb > self._snapshot_gb(snapshot_id):
+                # a bigger root volume than the disk; a smaller one would make RegisterImage fail
+                params["BlockDeviceMapping.1.Ebs.VolumeSize"] = str(upload.min_disk_gb)
+            with self._errors("registering the AMI"):
+                image_id = str(findtext(element=self._ec2(params), xpath="imageId", namespace=NAMESPACE) or "")
+            if not image_id:
+                raise TransientError("EC2 registered the AMI but returned no image id; Skyport will retry.")
+        with self._errors("tagging the AMI"):
+            self.node_driver.ex_create_tags(SimpleNamespace(id=image_id), {**upload.tags, "Name": upload.name})
+            self.node_driver.ex_create_tags(SimpleNamespace(id=snapshot_id), {**upload.tags, "Name": upload.name})
+        if self.options.get("image_delete_uploads") and state.get("s3_key"):
+            self._delete_upload(str(state["s3_bucket"]), str(state["s3_key"]))
+        return {"image_id": image_id, "image_name": name}
+
+    def _snapshot_gb(self, snapshot_id: str) -> int:
+        with self._errors("looking up the imported snapshot"):
+            res = self._ec2({"Action": "DescribeSnapshots", "SnapshotId.1": snapshot_id})
+        return max(
+            (_int(findtext(element=e, xpath="volumeSize", namespace=NAMESPACE)) for e in _items(res, "snapshotSet")),
+            default=0,
+        )
+
+    def _delete_upload(self, bucket: str, key: str) -> None:
+        """Best effort: the AMI is registered, the object is only a leftover now."""
+        try:
+            with self.aws_errors("deleting the uploaded disk"):
+                self.aws_client("s3").delete_object(Bucket=bucket, Key=key)
+        except CloudError as exc:
+            log.warning("could not delete s3://%s/%s after the import: %s", bucket, key, exc.message)
+
+    def _own_images(self, *, tags: Mapping[str, str] | None = None, name: str | None = None) -> list[Any]:
+        """The account's own AMIs (DescribeImages Owner=self) with all these tags and/or this name, oldest first."""
+        filters: dict[str, Any] = {f"tag:{k}": v for k, v in (tags or {}).items()}
+        if name:
+            filters["name"] = name
+        params: dict[str, Any] = {"Action": "DescribeImages", "Owner.1": "self"}
+        params.update(self.node_driver._build_filters(filters))
+        with self._errors("looking up images"):
+            images = self.node_driver._to_images(self._ec2(params))
+        live = [i for i in images if str((i.extra or {}).get("state") or "available") not in ("deregistered", "failed")]
+        return sorted(live, key=lambda i: (str((i.extra or {}).get("creation_date") or ""), str(i.id)))
+
+    # --- boto3 (S3, and VM Import, which libcloud does not wrap)
+
+    def aws_client(self, service: str) -> Any:
+        """A boto3 client for `service` with the account's keys, region and endpoint, the driver's timeouts and a
+        bounded number of retries. Built once per driver and service."""
+        clients: dict[str, Any] = self.__dict__.setdefault("_aws_clients", {})
+        if service in clients:
+            return clients[service]
+        import boto3
+        from botocore.config import Config
+
+        key = self.credentials.get("access_key") or self.credentials.get("access_key_id") or ""
+        secret = self.credentials.get("secret_key") or self.credentials.get("secret_access_key") or ""
+        if not key or not secret:
+            raise AuthError("EC2 needs an access key id and a secret access key.")
+        endpoint = self.endpoint or None
+        if service == "s3" and self.options.get("image_s3_endpoint"):
+            endpoint = str(self.options["image_s3_endpoint"])
+        if endpoint:
+            _endpoint_kwargs(endpoint)  # refuses anything but an http(s) URL
+        config = Config(
+            connect_timeout=10,
+            read_timeout=CALL_TIMEOUT_SECONDS,
+            retries={"max_attempts": 3, "mode": "standard"},
+            # an endpoint given as a host:port URL has no bucket subdomains
+            s3={"addressing_style": "path"} if endpoint else None,
+        )
+        with self.aws_errors("connecting"):
+            session = boto3.session.Session(
+                aws_access_key_id=key,
+                aws_secret_access_key=secret,
+                aws_session_token=self.credentials.get("session_token") or None,
+                region_name=self.region or "us-east-1",
+            )
+            clients[service] = session.client(service, endpoint_url=endpoint, config=config)
+        return clients[service]
+
+    @contextmanager
+    def aws_errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except CloudError:
+            raise
+        except Exception as exc:  # a boto3 failure leaves the driver as a typed error, without the SDK's objects
+            raise self._map_aws_error(exc, doing) from None
+
+    def _map_aws_error(self, exc: BaseException, doing: str) -> CloudError:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore import exceptions as bx
+        from botocore.parsers import ResponseParserError
+
+        who = self.provider_label
+        if isinstance(exc, bx.ClientError):
+            error = exc.response.get("Error") or {}
+            code, message = str(error.get("Code") or ""), str(error.get("Message") or "")
+            status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code.isdigit():  # S3 answers HEAD requests with a status and no body
+                status, code = status or int(code), ""
+            return self._typed_error(code, _scrub(message, self._secrets), status, doing)
+        if isinstance(exc, S3UploadFailedError):
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, bx.ClientError):
+                return self._map_aws_error(cause, doing)
+            match = _BOTO_ERROR_TEXT.search(str(exc))
+            if match:
+                return self._typed_error(match.group(1), _scrub(match.group(2).strip(), self._secrets), None, doing)
+            return CloudError(f"{who} failed while {doing}: the upload did not complete.")
+        if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
+            return TransientError(f"{who} did not answer in time while {doing}; Skyport will retry.")
+        if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError | ConnectionError | TimeoutError):
+            return TransientError(f"{who} could not be reached while {doing}: check the endpoint and the network.")
+        if isinstance(exc, ResponseParserError):
+            return TransientError(f"{who} sent an unreadable response while {doing} (a provider-side error).")
+        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+            return AuthError(f"{who} needs an access key id and a secret access key.")
+        if isinstance(exc, bx.ParamValidationError):
+            return InvalidRequestError(f"{who} refused the request while {doing}: {_scrub(str(exc), self._secrets)}")
+        if isinstance(exc, OSError):
+            return InvalidRequestError(f"Skyport could not read the disk file while {doing} ({type(exc).__name__}).")
+        return CloudError(f"{who} failed while {doing}: {type(exc).__name__}")
+
+    # --- metrics
 
     def cpu_metrics(self, server_id: str, *, since: datetime.datetime) -> list[CpuSample]:
         return []
@@ -946,4 +1357,4 @@ def _items(element: Any, set_name: str) -> list[Any]:
     return list(findall(element=element, xpath=f"{set_name}/item", namespace=NAMESPACE))
 
 
-__all__ = ["EC2Driver", "LibcloudDriver", "SkyportEC2NodeDriver"]
+__all__ = ["EC2Driver", "ImageImporter", "ImportStatus", "LibcloudDriver", "SkyportEC2NodeDriver"]
