@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from apps.accounts.api import views as accounts
+from apps.catalog.api import views as catalog
 from apps.clouds.api import views as clouds
 from apps.core.api.audit import AuditEventViewSet
 
@@ -46,6 +47,13 @@ router.register("cloud-grants", clouds.CloudGrantViewSet, basename="cloud-grant"
 router.register("flavors", clouds.FlavorViewSet, basename="flavor")
 router.register("cloud-images", clouds.CloudImageViewSet, basename="cloud-image")
 router.register("networks", clouds.NetworkViewSet, basename="network")
+router.register("images", catalog.ImageViewSet, basename="image")
+router.register("image-copies", catalog.ImageCopyViewSet, basename="image-copy")
+router.register("image-shares", catalog.ImageShareViewSet, basename="image-share")
+router.register("hardware-profiles", catalog.HardwareProfileViewSet, basename="hardware-profile")
+router.register("blueprints", catalog.BlueprintViewSet, basename="blueprint")
+router.register("blueprint-versions", catalog.BlueprintVersionViewSet, basename="blueprint-version")
+router.register("catalog-items", catalog.CatalogItemViewSet, basename="catalog-item")
 router.register_view("me", "me")
 
 urlpatterns = [

@@ -195,6 +195,27 @@ SKYPORT_ALLOWED_PRIVATE_NETWORKS = env.list(
 # A stable id of this installation, tagged on everything Skyport creates in a cloud.
 SKYPORT_INSTALLATION_ID = env.str("SKYPORT_INSTALLATION_ID", default="skyport-dev")
 
+# Image store: "file" (a directory, one server or a shared filesystem) or "s3" (an S3-compatible bucket, for several
+# workers). Master files and converted copies live there, keyed by ids. The directory also holds the local scratch
+# space (uploads being checked, downloads from the S3 store).
+SKYPORT_IMAGE_STORE = env.str("SKYPORT_IMAGE_STORE", default="file")
+SKYPORT_IMAGE_DIR = Path(env.str("SKYPORT_IMAGE_DIR", default=str(BASE_DIR / "var" / "images")))
+SKYPORT_IMAGE_S3_ENDPOINT = env.str("SKYPORT_IMAGE_S3_ENDPOINT", default="")
+SKYPORT_IMAGE_S3_REGION = env.str("SKYPORT_IMAGE_S3_REGION", default="us-east-1")
+SKYPORT_IMAGE_S3_BUCKET = env.str("SKYPORT_IMAGE_S3_BUCKET", default="")
+SKYPORT_IMAGE_S3_ACCESS_KEY = env.str("SKYPORT_IMAGE_S3_ACCESS_KEY", default="")
+SKYPORT_IMAGE_S3_SECRET_KEY = env.str("SKYPORT_IMAGE_S3_SECRET_KEY", default="")
+SKYPORT_IMAGE_MAX_BYTES = env.int("SKYPORT_IMAGE_MAX_BYTES", default=50 * 1024**3)  # a file as uploaded
+SKYPORT_IMAGE_MAX_VIRTUAL_BYTES = env.int("SKYPORT_IMAGE_MAX_VIRTUAL_BYTES", default=2 * 1024**4)  # the disk it holds
+SKYPORT_IMAGE_DOWNLOAD_TIMEOUT = env.int("SKYPORT_IMAGE_DOWNLOAD_TIMEOUT", default=30)  # seconds without data
+# qemu-img runs under prlimit: address space (bytes) and CPU seconds, plus a wall-clock timeout
+SKYPORT_IMAGE_QEMU_MEMORY_BYTES = env.int("SKYPORT_IMAGE_QEMU_MEMORY_BYTES", default=1024**3)
+SKYPORT_IMAGE_QEMU_CPU_SECONDS = env.int("SKYPORT_IMAGE_QEMU_CPU_SECONDS", default=30)
+SKYPORT_IMAGE_QEMU_TIMEOUT = env.int("SKYPORT_IMAGE_QEMU_TIMEOUT", default=60)
+SKYPORT_IMAGE_CONVERT_MEMORY_BYTES = env.int("SKYPORT_IMAGE_CONVERT_MEMORY_BYTES", default=2 * 1024**3)
+SKYPORT_IMAGE_CONVERT_CPU_SECONDS = env.int("SKYPORT_IMAGE_CONVERT_CPU_SECONDS", default=4 * 3600)
+SKYPORT_IMAGE_CONVERT_TIMEOUT = env.int("SKYPORT_IMAGE_CONVERT_TIMEOUT", default=6 * 3600)
+
 # Credentials at rest: MultiFernet, first key encrypts, all keys decrypt (rotation).
 # Without the variable, a local key file (written by `make demo`: manage.py generate_fernet_key --write) is used.
 SKYPORT_FERNET_KEYS_FILE = Path(env.str("SKYPORT_FERNET_KEYS_FILE", default=str(BASE_DIR / "var" / "fernet.keys")))
@@ -236,6 +257,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "InvitationStatusEnum": "apps.accounts.api.serializers.INVITATION_STATES",
         "TokenStatusEnum": "apps.accounts.api.serializers.TOKEN_STATES",
+        "ImageStateEnum": "apps.catalog.models.Image.State",
+        "ImageCopyStateEnum": "apps.catalog.models.ImageCopy.State",
+        "CatalogItemKindEnum": "apps.catalog.models.CatalogItem.Kind",
     },
 }
 

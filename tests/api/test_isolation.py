@@ -9,9 +9,19 @@ from django.forms.models import model_to_dict
 
 from apps.accounts import services
 from apps.accounts.models import ApiToken, Invitation, Membership, Notification, Organization, Project
+from apps.catalog.models import (
+    Blueprint,
+    BlueprintVersion,
+    CatalogItem,
+    HardwareProfile,
+    Image,
+    ImageCopy,
+    ImageShare,
+)
 from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Network
 from apps.core.models import AuditEvent
 from portal.api_urls import router
+from tests.catalog.walk import catalog_world
 
 
 def _membership(ctx):
@@ -67,6 +77,14 @@ def _cloud_grant(ctx):
     return CloudGrant.objects.create(organization=ctx["acme"], account=_cloud_account(ctx), project=ctx["web"])
 
 
+def _catalog(key):
+    def make(ctx):
+        data = Project.objects.all_tenants().get(organization=ctx["acme"], slug="data")
+        return catalog_world("Acme", ctx["acme"], ctx["web"], data, _cloud_account(ctx))[key]
+
+    return make
+
+
 # basename → (model, factory of an Acme row, payload a viewer may not create, payload for PATCH)
 SAMPLES = {
     "organization": (Organization, lambda ctx: ctx["acme"], None, {"name": "Hacked"}),
@@ -98,6 +116,14 @@ SAMPLES = {
     "flavor": (Flavor, _synced(Flavor, vcpus=1, ram_mb=512), None, {"price_override_per_hour": "9"}),
     "cloud-image": (CloudImage, _synced(CloudImage), None, {}),
     "network": (Network, _synced(Network), None, {}),
+    # catalog rows: the route walk covers the creating posts and the actions
+    "image": (Image, _catalog("image"), None, {"name": "Hacked"}),
+    "image-copy": (ImageCopy, _catalog("image_copy"), None, {}),
+    "image-share": (ImageShare, _catalog("image_share"), None, {}),
+    "hardware-profile": (HardwareProfile, _catalog("hardware_profile"), None, {"name": "Hacked"}),
+    "blueprint": (Blueprint, _catalog("blueprint"), None, {"name": "Hacked"}),
+    "blueprint-version": (BlueprintVersion, _catalog("blueprint_version"), None, {}),
+    "catalog-item": (CatalogItem, _catalog("catalog_item"), None, {"name": "Hacked"}),
 }
 
 

@@ -58,4 +58,11 @@ def test_api_root_lists_every_endpoint(api, sam):
         "flavors",
         "cloud-images",
         "networks",
+        "images",
+        "image-copies",
+        "image-shares",
+        "hardware-profiles",
+        "blueprints",
+        "blueprint-versions",
+        "catalog-items",
     }
