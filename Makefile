@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(UV)
 	touch $@
 
 install: $(VENV)/.installed
+	command -v qemu-img >/dev/null || (apt-get update -qq && apt-get install -y -qq qemu-utils)
 
 demo: install
 	$(PYTHON) manage.py generate_fernet_key --write

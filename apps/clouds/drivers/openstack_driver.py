@@ -29,6 +29,7 @@ from apps.clouds.drivers.base import (
     CpuSample,
     CreateServer,
     Image,
+    ImagePending,
     ImageUpload,
     InvalidRequestError,
     Network,
@@ -583,10 +584,17 @@ class OpenStackDriver(CloudDriver):
             self.conn.network.delete_ip(ip_id, ignore_missing=False)
 
     # --- images --------------------------------------------------------------------------------------------------
-    def upload_image(self, upload: ImageUpload) -> Image:
+    # glance takes both; qcow2 first (smaller to send, nova boots it as it is)
+    image_formats: ClassVar[tuple[str, ...]] = ("qcow2", "raw")
+    # the upload returns as soon as glance has the data; becoming active is waited for by a parked step
+    image_steps: ClassVar[tuple[str, ...]] = ("upload", "wait_active")
+
+    def _create_image(self, upload: ImageUpload) -> Any:
         extra: dict[str, Any] = {"architecture": upload.arch} if upload.arch else {}
+        if upload.min_disk_gb:
+            extra["min_disk"] = int(upload.min_disk_gb)
         with self._errors(f"upload image {upload.name}"):
-            img = self.conn.image.create_image(
+            return self.conn.image.create_image(
                 upload.name,
                 filename=upload.path,
                 disk_format=upload.disk_format,
@@ -596,7 +604,42 @@ class OpenStackDriver(CloudDriver):
                 wait=False,
                 **extra,
             )
-            deadline = time.monotonic() + IMAGE_ACTIVE_TIMEOUT
+
+    def find_image(self, *, tags: dict[str, str]) -> Image | None:
+        """glance filters by one tag server-side (the operation's, when given); all tags are checked here."""
+        if not tags:
+            return None
+        wanted = [f"{k}={v}" for k, v in sorted(tags.items())]
+        key = next((t for t in wanted if t.startswith("skyport:operation=")), wanted[0])
+        with self._errors("look for an earlier upload"):
+            for img in self.conn.image.images(tag=key):
+                carried = set(img.tags or [])
+                if set(wanted) <= carried and img.status not in ("killed", "deleted"):
+                    return self._image(img)
+        return None
+
+    def image_step(self, step: str, upload: ImageUpload, state: dict[str, Any]) -> dict[str, Any]:
+        if step == "upload":
+            found = self.find_image(tags=upload.tags) if upload.tags else None
+            if found is not None:
+                return {"image_id": found.id}
+            return {"image_id": str(self._create_image(upload).id)}
+        if step == "wait_active":
+            image_id = str(state["image_id"])
+            with self._errors(f"check image {image_id}"):
+                img = self.conn.image.get_image(image_id)
+            status = str(img.status or "")
+            if status == "active":
+                return {"image_id": image_id, "status": status}
+            if status in ("killed", "deleted", "pending_delete"):
+                raise InvalidRequestError(f"OpenStack refused the image {upload.name!r} (glance status {status}).")
+            raise ImagePending(f"glance status {status or 'unknown'}", delay=3.0)
+        raise ValueError(f"unknown image step {step!r}")
+
+    def upload_image(self, upload: ImageUpload) -> Image:
+        img = self._create_image(upload)
+        deadline = time.monotonic() + IMAGE_ACTIVE_TIMEOUT
+        with self._errors(f"upload image {upload.name}"):
             while img.status not in ("active", "killed", "deleted") and time.monotonic() < deadline:
                 time.sleep(0.5)
                 img = self.conn.image.get_image(img.id)

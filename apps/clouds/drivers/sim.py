@@ -534,11 +534,40 @@ class SimDriver(CloudDriver):
 
     # --- images and metrics ----------------------------------------------------------------------------------------
 
+    # any disk format a cloud takes: the push sends the master file as it is when it already is one of them
+    image_formats: ClassVar[tuple[str, ...]] = ("qcow2", "raw", "vmdk", "vhd")
+
+    @staticmethod
+    def _to_image(row: dict[str, Any]) -> Image:
+        return Image(
+            id=row["id"],
+            name=row["name"],
+            os=row.get("os", ""),
+            arch=row.get("arch", "x86_64"),
+            owner=row.get("owner", "sim"),
+            is_public=bool(row.get("is_public", True)),
+            status=row.get("status", "available"),
+            min_disk_gb=int(row.get("min_disk_gb", 0)),
+            disk_format=row.get("disk_format", "qcow2"),
+        )
+
+    def find_image(self, *, tags: dict[str, str]) -> Image | None:
+        def action(cloud: SimCloud) -> Image | None:
+            for row in cloud.images:
+                carried = row.get("tags") or {}
+                if tags and all(carried.get(k) == v for k, v in tags.items()):
+                    return self._to_image(row)
+            return None
+
+        return self._call("find_image", action)
+
     def upload_image(self, upload: ImageUpload) -> Image:
+        """Keeps what a provider would show (name, format, size, tags), never the file's bytes."""
+
         def action(cloud: SimCloud) -> Image:
             if not os.path.isfile(upload.path):
-                raise InvalidRequestError(f"Image file {upload.path} does not exist.")
-            if upload.disk_format not in ("raw", "qcow2", "vmdk", "vhd"):
+                raise InvalidRequestError(f"Image file {os.path.basename(upload.path)} does not exist.")
+            if upload.disk_format not in self.image_formats:
                 raise InvalidRequestError(f"Disk format {upload.disk_format!r} is not supported.")
             image_id = self._make_id(cloud, "img")
             image: dict[str, Any] = {
@@ -547,12 +576,16 @@ class SimDriver(CloudDriver):
                 "arch": upload.arch,
                 "owner": "self",
                 "is_public": False,
+                "status": "available",
                 "disk_format": upload.disk_format,
+                "min_disk_gb": upload.min_disk_gb,
+                "size_bytes": os.path.getsize(upload.path),
+                "region": self.region or "",
                 "tags": dict(upload.tags),
             }
             cloud.images = [*cloud.images, image]
             cloud.save(update_fields=["images"])
-            return Image(id=image_id, name=upload.name, arch=upload.arch, owner="self", disk_format=upload.disk_format)
+            return self._to_image(image)
 
         return self._call("upload_image", action)
 
