@@ -270,9 +270,8 @@ def test_push_to_ec2_converts_to_vmdk_and_follows_the_import(sam, image, ec2_acc
     from tests.clouds.test_ec2_image_import import aws
 
     account, importer = ec2_account
-    # one-word name and description: with a space in RegisterImage's Name or Description, moto refuses libcloud's
-    # signature (AuthFailure); see the EC2 driver's tests for that case
-    Image.objects.all_tenants().filter(pk=image.pk).update(name="Debian12", version="", description="Debian")
+    # spaces in the name and description (sent as %20 by the test adapter, see tests/clouds/moto_adapter.py)
+    Image.objects.all_tenants().filter(pk=image.pk).update(name="Debian 12", version="v2", description="A Debian")
     image.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
         copy = images.image_push(actor=sam, image=image, targets=[(account, "us-east-1")])[0]
@@ -292,6 +291,7 @@ def test_push_to_ec2_converts_to_vmdk_and_follows_the_import(sam, image, ec2_acc
     assert copy.state == ImageCopy.State.AVAILABLE, copy.error
     [ami] = aws(moto_ec2_kind, "ec2").describe_images(ImageIds=[copy.provider_image_id])["Images"]
     assert ami["ImageId"].startswith("ami-")
+    assert ami["Name"].startswith("Debian 12 v2") and ami["Description"] == "A Debian"
 
 
 # --- OpenStack (the real stack on loopback: -m openstack) -------------------------------------------------------------

@@ -13,6 +13,9 @@ Everything here is a moto divergence, so none of it belongs in the product drive
    request. AWS accepts a signed User-Agent. The adapter leaves User-Agent out of the signed request.
 5. moto's authentication errors carry an extra <Type> element that AWS error bodies do not have; libcloud's parser
    expects exactly Code and Message.
+6. moto checks the SigV4 signature against the raw query string, so a space sent as "+" (form encoding, which
+   libcloud uses and AWS decodes) no longer matches the "%20" libcloud signed: any value with a space (an image
+   name, a description) failed with AuthFailure. The adapter sends spaces as "%20" (valid for AWS too).
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class MotoEC2Connection(EC2Connection):
     def pre_connect_hook(self, params: Any, headers: Any) -> Any:
         headers.pop("User-Agent", None)
         return super().pre_connect_hook(params, headers)
+
+    def _retryable_request(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        # urlencode writes a literal "+" as %2B, so every "+" left in the query is a space
+        path, sep, query = url.partition("?")
+        return super()._retryable_request(path + sep + query.replace("+", "%20"), *args, **kwargs)
 
 
 class MotoEC2NodeDriver(SkyportEC2NodeDriver):
