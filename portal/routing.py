@@ -3,7 +3,9 @@
 from django.urls import path
 
 from apps.accounts.consumers import NotificationConsumer
+from apps.catalog.consumers import CatalogConsumer
 
 websocket_urlpatterns = [
     path("ws/notifications/", NotificationConsumer.as_asgi()),
+    path("ws/catalog/", CatalogConsumer.as_asgi()),
 ]

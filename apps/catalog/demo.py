@@ -90,8 +90,10 @@ def seed_catalog() -> dict[str, int]:
                 image = images.image_approve(actor=sarah, image=image, note="Demo base image, reviewed.")
             if not image.shares.filter(project=data).exists():
                 images.image_share(actor=dennis, image=image, project=data)
-            targets = [(a, region) for a in accounts for region in a.all_regions]
-            images.image_push(actor=dennis, image=image, targets=targets)
+            have = set(image.copies.values_list("account_id", "region"))
+            targets = [(a, region) for a in accounts for region in a.all_regions if (a.pk, region) not in have]
+            if targets:
+                images.image_push(actor=dennis, image=image, targets=targets)
 
     debian = Image.objects.all_tenants().get(organization=acme, name="Debian", version="12")
     ubuntu = Image.objects.all_tenants().get(organization=acme, name="Ubuntu", version="24.04")

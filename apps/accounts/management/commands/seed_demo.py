@@ -11,9 +11,16 @@ class Command(BaseCommand):
         from apps.clouds.demo import seed_clouds
 
         clouds = seed_clouds()
+        from apps.catalog.demo import seed_catalog
+
+        catalog = seed_catalog()
         ready = f"Demo data ready. Sign in with any of these (password: {DEMO_PASSWORD}):"
         self.stdout.write(self.style.SUCCESS(ready))
         for username, (full_name, grants) in DEMO_USERS.items():
             roles = ", ".join(f"{r} in {o}{'/' + p if p else ''}" for o, p, r in grants)
             self.stdout.write(f"  {username:<8} {full_name:<18} {roles}")
         self.stdout.write(f"Demo clouds: {', '.join(sorted(clouds))}")
+        self.stdout.write(
+            f"Demo catalog: {catalog['images']} images, {catalog['profiles']} hardware profiles, "
+            f"{catalog['items']} catalog items"
+        )

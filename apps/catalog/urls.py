@@ -1,0 +1,38 @@
+from django.urls import path
+
+from apps.catalog import views
+
+app_name = "catalog"
+urlpatterns = [
+    # the consumers' catalog
+    path("", views.browse, name="browse"),
+    path("items/<int:pk>/", views.item_detail, name="item-detail"),
+    # images
+    path("images/", views.images, name="images"),
+    path("images/import/", views.image_import, name="image-import"),
+    path("images/<int:pk>/", views.image_detail, name="image-detail"),
+    path("images/<int:pk>/row/", views.image_row, name="image-row"),
+    path("images/<int:pk>/push/", views.image_push, name="image-push"),
+    path("images/<int:pk>/approve/", views.image_approve, name="image-approve"),
+    path("images/<int:pk>/revoke/", views.image_revoke, name="image-revoke"),
+    path("images/<int:pk>/share/", views.image_share, name="image-share"),
+    path("shares/<int:pk>/remove/", views.share_remove, name="share-remove"),
+    path("copies/<int:pk>/row/", views.copy_row, name="copy-row"),
+    path("copies/<int:pk>/retry/", views.copy_retry, name="copy-retry"),
+    path("approvals/", views.approvals, name="approvals"),
+    # hardware profiles
+    path("profiles/", views.profiles, name="profiles"),
+    path("profiles/new/", views.profile_create, name="profile-create"),
+    path("profiles/<int:pk>/edit/", views.profile_edit, name="profile-edit"),
+    # blueprints
+    path("blueprints/", views.blueprints, name="blueprints"),
+    path("blueprints/new/", views.blueprint_create, name="blueprint-create"),
+    path("blueprints/validate/", views.blueprint_validate, name="blueprint-validate"),
+    path("blueprints/<int:pk>/", views.blueprint_editor, name="blueprint-editor"),
+    path("blueprints/versions/<int:pk>/", views.blueprint_version, name="blueprint-version"),
+    # catalog management
+    path("manage/", views.items, name="items"),
+    path("manage/new/", views.item_create, name="item-create"),
+    path("manage/<int:pk>/edit/", views.item_edit, name="item-edit"),
+    path("manage/<int:pk>/enable/", views.item_enable, name="item-enable"),
+]
