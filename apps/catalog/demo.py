@@ -17,8 +17,8 @@ from apps.clouds.models import CloudAccount
 
 PROFILES = [("small", 1, 2048, 20), ("medium", 2, 4096, 40), ("large", 4, 8192, 80)]
 IMAGES = [
-    ("Debian", "12", "Debian", "12", "Debian 12 (bookworm), cloud-init enabled, minimal install."),
-    ("Ubuntu", "24.04", "Ubuntu", "24.04", "Ubuntu 24.04 LTS server, cloud-init enabled."),
+    ("Debian", "12", "Debian", "12", "Debian 12 (bookworm), cloud-init enabled, minimal install.", "64M"),
+    ("Ubuntu", "24.04", "Ubuntu", "24.04", "Ubuntu 24.04 LTS server, cloud-init enabled.", "80M"),
 ]
 TWO_TIER = """\
 version: 1
@@ -55,10 +55,10 @@ def _user(username: str) -> User:
     return User.objects.get(username=username)
 
 
-def _demo_disk(directory: str, name: str) -> Path:
-    """A small sparse qcow2 (64 MiB virtual, a few hundred KiB on disk) standing in for a real OS image."""
+def _demo_disk(directory: str, name: str, size: str) -> Path:
+    """A small sparse qcow2 (tens of MiB virtual, a few hundred KiB on disk) standing in for a real OS image."""
     path = Path(directory) / f"{name}.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)  # noqa: S603, S607
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)  # noqa: S603, S607
     return path
 
 
@@ -77,10 +77,10 @@ def seed_catalog() -> dict[str, int]:
             )
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name, version, os_name, os_version, description in IMAGES:
+        for name, version, os_name, os_version, description, size in IMAGES:
             image = Image.objects.all_tenants().filter(organization=acme, name=name, version=version).first()
             if image is None:
-                path = _demo_disk(tmp, f"{name}-{version}".lower())
+                path = _demo_disk(tmp, f"{name}-{version}".lower(), size)
                 with path.open("rb") as fileobj:
                     image = images.image_import_upload(
                         actor=dennis, project=web, name=name, version=version, os=os_name, os_version=os_version,

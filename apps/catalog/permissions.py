@@ -30,3 +30,27 @@ def require_change(user: Any, obj: Any, action: str = "images.manage") -> None:
     """403 unless `user` may change `obj` (visibility, the 404, is the caller's scoped query's job)."""
     if not can_change(user, obj, action):
         raise PermissionDenied(f"You are not allowed to change this ({action}).")
+
+
+def editors_of(obj: Any) -> list[Any]:
+    """Users holding an object grant to change `obj` who are still active members of its organisation (a grant
+    counts only while they belong to it: see can_change)."""
+    from guardian.shortcuts import get_users_with_perms
+
+    perm = OBJECT_PERMISSIONS[obj._meta.model_name].split(".", 1)[1]
+    holders = get_users_with_perms(obj, only_with_perms_in=[perm], with_group_users=False)
+    ids = [getattr(u, "pk", None) for u in holders]
+    return list(organization_members(obj.organization_id).filter(pk__in=ids).order_by("username"))
+
+
+def organization_members(organization_id: int) -> Any:
+    """Active users with a live membership in the organisation."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from apps.accounts.models import Membership, User
+
+    live = Membership.objects.all_tenants().filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), organization_id=organization_id
+    )
+    return User.objects.filter(is_active=True, pk__in=live.values("user_id")).distinct()

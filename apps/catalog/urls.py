@@ -16,6 +16,8 @@ urlpatterns = [
     path("images/<int:pk>/approve/", views.image_approve, name="image-approve"),
     path("images/<int:pk>/revoke/", views.image_revoke, name="image-revoke"),
     path("images/<int:pk>/share/", views.image_share, name="image-share"),
+    path("images/<int:pk>/editors/", views.image_editors, name="image-editors"),
+    path("images/<int:pk>/editors/remove/", views.image_editor_remove, name="image-editor-remove"),
     path("shares/<int:pk>/remove/", views.share_remove, name="share-remove"),
     path("copies/<int:pk>/row/", views.copy_row, name="copy-row"),
     path("copies/<int:pk>/retry/", views.copy_retry, name="copy-retry"),
@@ -29,6 +31,8 @@ urlpatterns = [
     path("blueprints/new/", views.blueprint_create, name="blueprint-create"),
     path("blueprints/validate/", views.blueprint_validate, name="blueprint-validate"),
     path("blueprints/<int:pk>/", views.blueprint_editor, name="blueprint-editor"),
+    path("blueprints/<int:pk>/editors/", views.blueprint_editors, name="blueprint-editors"),
+    path("blueprints/<int:pk>/editors/remove/", views.blueprint_editor_remove, name="blueprint-editor-remove"),
     path("blueprints/versions/<int:pk>/", views.blueprint_version, name="blueprint-version"),
     # catalog management
     path("manage/", views.items, name="items"),

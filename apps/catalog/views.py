@@ -48,7 +48,7 @@ from apps.catalog.models import (
     ImageCopy,
     ImageShare,
 )
-from apps.catalog.permissions import can_change
+from apps.catalog.permissions import can_change, editors_of, organization_members
 from apps.clouds.models import CloudImage
 from apps.core.context_processors import get_frame
 from apps.core.forms import add_service_error
@@ -149,7 +149,73 @@ def _image_context(request: PageRequest, image: Image, **forms: Any) -> dict[str
         "revoke_form": forms.get("revoke_form") or RevokeForm(),
         "existing_targets": {f"{c.account_id}:{c.region}" for c in copies},
         "live": True,
+        **_editors_context(request, image, "image"),
     }
+
+
+# --- per-object edit grants (images and blueprints) ---------------------------------------------------------------
+EDITOR_SERVICES: dict[str, tuple[Any, Any, str]] = {
+    "image": (images_svc.image_grant_manage, images_svc.image_revoke_manage, "catalog:image-detail"),
+    "blueprint": (blueprint_svc.blueprint_grant_manage, blueprint_svc.blueprint_revoke_manage,
+                  "catalog:blueprint-editor"),
+}
+
+
+def _editors_context(request: PageRequest, obj: Any, kind: str) -> dict[str, Any]:
+    editors = editors_of(obj)
+    can_grant = request.access.can_on("images.manage", obj)  # the role, not an object grant, hands grants out
+    candidates = []
+    if can_grant:
+        taken = {u.pk for u in editors} | {request.user.pk}
+        candidates = [u for u in organization_members(obj.organization_id).order_by("username") if u.pk not in taken]
+    return {"editors": editors, "editor_candidates": candidates, "can_grant": can_grant, "editor_kind": kind}
+
+
+def _editor_change(request: PageRequest, obj: Any, kind: str, *, grant: bool) -> HttpResponseBase:
+    grant_fn, revoke_fn, page = EDITOR_SERVICES[kind]
+    raw = request.POST.get("user", "")
+    users = organization_members(obj.organization_id) if grant else editors_of(obj)
+    user = next((u for u in users if str(u.pk) == raw), None) if raw.isdigit() and len(raw) < 11 else None
+    if user is None:
+        messages.error(request, "Choose an active member of this organisation." if grant
+                       else "This user holds no grant here.")
+        return redirect(page, pk=obj.pk)
+    try:
+        (grant_fn if grant else revoke_fn)(actor=request.user, **{kind: obj, "user": user})
+    except ValidationError as e:
+        messages.error(request, _error_text(e))
+    else:
+        name = user.display_name
+        messages.success(request, f"{name} may now edit {obj}." if grant else f"{name} may no longer edit {obj}.")
+    return redirect(page, pk=obj.pk)
+
+
+@org_page
+@require_POST
+def image_editors(request: PageRequest, pk: int) -> HttpResponseBase:
+    return _editor_change(request, _image(request, pk), "image", grant=True)
+
+
+@org_page
+@require_POST
+def image_editor_remove(request: PageRequest, pk: int) -> HttpResponseBase:
+    return _editor_change(request, _image(request, pk), "image", grant=False)
+
+
+def _blueprint(request: PageRequest, pk: int) -> Blueprint:
+    return get_object_or_404(Blueprint.objects.for_user(request.user, "images.view").select_related("project"), pk=pk)
+
+
+@org_page
+@require_POST
+def blueprint_editors(request: PageRequest, pk: int) -> HttpResponseBase:
+    return _editor_change(request, _blueprint(request, pk), "blueprint", grant=True)
+
+
+@org_page
+@require_POST
+def blueprint_editor_remove(request: PageRequest, pk: int) -> HttpResponseBase:
+    return _editor_change(request, _blueprint(request, pk), "blueprint", grant=False)
 
 
 @org_page
@@ -496,7 +562,7 @@ def blueprint_editor(request: PageRequest, pk: int) -> HttpResponse:
     check = _check(source, _organization(request), blueprint.project) if source else {}
     return render(request, "catalog/blueprint_editor.html", {
         "form": form, "blueprint": blueprint, "versions": versions, "latest": latest, "can_manage": can_manage,
-        **check,
+        **check, **_editors_context(request, blueprint, "blueprint"),
     }, status=status)
 
 

@@ -16,8 +16,9 @@ from tests.clouds.fixtures_sim import SIM_DATABASES
 pytestmark = pytest.mark.django_db(databases=SIM_DATABASES)
 
 
-def test_demo_catalog_is_complete_and_seeding_again_changes_nothing(personas, acme, globex, web, data, connor,
-                                                                     image_store_dir, django_capture_on_commit_callbacks):
+def test_demo_catalog_is_complete_and_seeding_again_changes_nothing(
+    personas, acme, globex, web, data, connor, image_store_dir, django_capture_on_commit_callbacks
+):
     accounts = seed_clouds()
     with django_capture_on_commit_callbacks(execute=True):  # the pushes run once the seed's writes commit
         counts = seed_catalog()

@@ -43,6 +43,7 @@ def server(tmp_path_factory):
         "SKYPORT_TESTING": "1",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SKYPORT_INPROCESS_SCHEDULER": "0",
+        "SKYPORT_IMAGE_DIR": str(workdir / "images"),
         "LOG_LEVEL": "WARNING",
     }
     env.pop("REDIS_URL", None)

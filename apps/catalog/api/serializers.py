@@ -550,3 +550,16 @@ class PublishSerializer(StrictSerializer):
 
 class UnpublishSerializer(StrictSerializer):
     project = OrganizationProjectField("catalog.publish", help_text="Id of the project to withdraw it from.")
+
+
+class EditorSerializer(serializers.Serializer):
+    """A user allowed to change one image or blueprint by an object grant."""
+
+    id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(read_only=True)
+    name = serializers.CharField(source="display_name", read_only=True)
+
+
+class EditorCreateSerializer(StrictSerializer):
+    user = serializers.IntegerField(min_value=1, max_value=2**31 - 1,
+                                    help_text="Id of a member of the row's organisation.")

@@ -32,7 +32,7 @@ from apps.catalog.models import (
     ImageCopy,
     ImageShare,
 )
-from apps.catalog.permissions import can_change
+from apps.catalog.permissions import can_change, editors_of, organization_members
 from apps.core.access import get_access
 from apps.core.api.parsers import SafeJSONParser
 from apps.core.api.views import TenantReadOnlyViewSet, TenantViewSet, TenantViewSetMixin
@@ -87,6 +87,54 @@ class CatalogRightsMixin(TenantViewSetMixin):
             raise PermissionDenied(f"You are not allowed to do this ({self.right_needed()}).")
 
 
+class EditorsMixin:
+    """`editors` (GET, POST {user}) and `remove-editor` (POST {user}): the users a django-guardian object grant lets
+    change this one row, e.g. a designer of another project. Handing out or taking back a grant needs the role."""
+
+    editor_services: ClassVar[tuple[str, str, str]]  # (service module, grant function, revoke function)
+
+    def _editor_call(self, which: int, obj: Any, user: Any) -> None:
+        module, grant, revoke = self.editor_services
+        function = getattr(_services(module), grant if which == 0 else revoke)
+        function(actor=self.user, **{obj._meta.model_name: obj, "user": user})  # type: ignore[attr-defined]
+
+    def _member(self, obj: Any, user_id: Any) -> Any:
+        member = organization_members(obj.organization_id).filter(pk=user_id).first()
+        if member is None:
+            raise ValidationError({"user": ["No active member of this organisation has this id."]})
+        return member
+
+    @extend_schema(methods=["GET"], request=None, responses=s.EditorSerializer(many=True),
+                   description="Users allowed to change this row by a per-object grant.")
+    @extend_schema(methods=["POST"], request=s.EditorCreateSerializer, responses={201: s.EditorSerializer},
+                   description="Let one member of the organisation change this row (needs `images.manage` on it; "
+                   "audited).")
+    @action(detail=True, methods=["get", "post"], serializer_class=s.EditorSerializer, **NO_PAGING)
+    def editors(self, request: Request, pk: str | None = None) -> Response:
+        obj = self.get_object()  # type: ignore[attr-defined]
+        if request.method == "GET":
+            return Response(s.EditorSerializer(editors_of(obj), many=True).data)
+        payload = s.EditorCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        user = self._member(obj, payload.validated_data["user"])
+        self._editor_call(0, obj, user)
+        return Response(s.EditorSerializer(user).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.EditorCreateSerializer, responses={204: None},
+                   description="Take a per-object grant back (needs `images.manage` on the row; audited).")
+    @action(detail=True, methods=["post"], url_path="remove-editor", serializer_class=s.EditorCreateSerializer,
+            **NO_PAGING)
+    def remove_editor(self, request: Request, pk: str | None = None) -> Response:
+        obj = self.get_object()  # type: ignore[attr-defined]
+        payload = s.EditorCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        user = next((u for u in editors_of(obj) if u.pk == payload.validated_data["user"]), None)
+        if user is None:
+            raise ValidationError({"user": ["This user holds no grant on this row."]})
+        self._editor_call(1, obj, user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 def blueprint_issues_error(issues: list[Any]) -> ValidationError:
     """A 400 whose `source` field lists every problem with its line and column."""
     messages = []
@@ -125,7 +173,7 @@ def check_blueprint(source: str, organization: Organization) -> dict[str, Any]:
     partial_update=extend_schema(request=s.ImageUpdateSerializer, responses=s.ImageSerializer),
     destroy=extend_schema(description="Delete an image, its stored file and its copies in every cloud."),
 )
-class ImageViewSet(CatalogRightsMixin, TenantViewSet):
+class ImageViewSet(EditorsMixin, CatalogRightsMixin, TenantViewSet):
     """Images: upload a file, import from a URL or adopt a provider image; push copies to cloud accounts; approve
     or revoke them for launch; share them with other projects of the organisation."""
 
@@ -134,6 +182,7 @@ class ImageViewSet(CatalogRightsMixin, TenantViewSet):
     write_action = "images.manage"
     action_rights: ClassVar[dict[str, str]] = {"approve": "images.approve", "revoke": "images.approve"}
     filterset_class = filters.ImageFilter
+    editor_services = ("images", "image_grant_manage", "image_revoke_manage")
 
     def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
         drf_request = super().initialize_request(request, *args, **kwargs)
@@ -377,7 +426,7 @@ class HardwareProfileViewSet(CatalogRightsMixin, TenantViewSet):
                          "`project`). An invalid `source` answers 400 listing every problem with its line."),
     partial_update=extend_schema(request=s.BlueprintUpdateSerializer, responses=s.BlueprintSerializer),
 )
-class BlueprintViewSet(CatalogRightsMixin, TenantViewSet):
+class BlueprintViewSet(EditorsMixin, CatalogRightsMixin, TenantViewSet):
     """Blueprints: named, versioned YAML descriptions of one or more servers. Versions never change; saving
     creates the next one."""
 
@@ -386,6 +435,7 @@ class BlueprintViewSet(CatalogRightsMixin, TenantViewSet):
     write_action = "images.manage"
     http_method_names = ["get", "post", "patch", "head", "options"]
     filterset_class = filters.BlueprintFilter
+    editor_services = ("blueprints", "blueprint_grant_manage", "blueprint_revoke_manage")
 
     def optimize(self, qs: Any) -> Any:
         return qs.select_related("project", "created_by")
