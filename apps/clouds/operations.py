@@ -57,6 +57,8 @@ LEASE_SECONDS = 300
 LEASE_SECONDS_BY_KIND = {"push_image": 2 * 3600}
 POLL_SECONDS = 5
 WAIT_TIMEOUT_SECONDS = 30 * 60
+# an EC2 snapshot import of a large disk waits on the provider for hours, not minutes
+WAIT_TIMEOUT_SECONDS_BY_KIND = {"push_image": 12 * 3600}
 BACKOFF_SECONDS = 10
 BACKOFF_MAX_SECONDS = 600
 WAIT_KEYS = ("waiting_since", "waiting_for")
@@ -236,6 +238,12 @@ def _step_release_ip(ctx: StepContext) -> dict[str, Any]:
     return {}
 
 
+def _step_delete_image(ctx: StepContext) -> dict[str, Any]:
+    with contextlib.suppress(NotFoundError):  # already gone: what we wanted
+        ctx.driver.delete_image(str(ctx.params["image_id"]))
+    return {}
+
+
 def _resize_call(step: str) -> Callable[[StepContext], dict[str, Any]]:
     def call(ctx: StepContext) -> dict[str, Any]:
         resize_step_call(ctx.driver, step, ctx.server_id, str(ctx.params["size_id"]))
@@ -289,6 +297,7 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "stop": lambda ctx: ctx.driver.stop_server(ctx.server_id) or {},
     "reboot": lambda ctx: ctx.driver.reboot_server(ctx.server_id, hard=bool(ctx.params.get("hard"))) or {},
     "verify_size": _step_verify_size,
+    "delete_image": _step_delete_image,
 }
 for _name, _states in RESIZE_STEP_DONE.items():
     STEPS[f"resize:{_name}"] = _resize_call(_name)
@@ -307,6 +316,7 @@ KINDS = (
     "reboot_server",
     "resize_server",
     "push_image",
+    "delete_image",
 )
 
 
@@ -322,6 +332,8 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
         return ["stop", "wait_stopped"]
     if kind == "reboot_server":
         return ["reboot", "wait_running"]
+    if kind == "delete_image":
+        return ["delete_image"]
     if kind == "push_image":
         return [f"image:{step}" for step in driver_class(driver_kind).image_steps]
     if kind == "resize_server":
@@ -522,8 +534,9 @@ def _park(operation: Operation, worker_id: str, wait: NotReady) -> None:
     now = timezone.now()
     since_raw = operation.result.get("waiting_since")
     since = datetime.datetime.fromisoformat(since_raw) if since_raw else now
-    if (now - since).total_seconds() > WAIT_TIMEOUT_SECONDS:
-        minutes = WAIT_TIMEOUT_SECONDS // 60
+    timeout = WAIT_TIMEOUT_SECONDS_BY_KIND.get(operation.kind, WAIT_TIMEOUT_SECONDS)
+    if (now - since).total_seconds() > timeout:
+        minutes = timeout // 60
         _finish_failed(operation, worker_id, f"Waited more than {minutes} minutes for {wait.waiting_for}.", "timeout")
         return
     _release(

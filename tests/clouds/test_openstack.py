@@ -5,7 +5,6 @@ The mapping tests at the end need no cloud and run everywhere."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import time
 import traceback
@@ -216,8 +215,7 @@ def test_console_is_a_novnc_url(openstack_stack):
 
 
 @openstack
-@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) is installed by stack.sh install")
-def test_upload_image(openstack_stack, tmp_path):
+def test_upload_then_delete_image(openstack_stack, tmp_path):
     driver = openstack_stack.driver()
     path = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "32M"], check=True)  # noqa: S607
@@ -229,8 +227,12 @@ def test_upload_image(openstack_stack, tmp_path):
         assert image.id in {i.id for i in driver.list_images()}
         glance = driver.conn.image.get_image(image.id)
         assert glance.size == path.stat().st_size and "skyport:t=1" in glance.tags
+        driver.delete_image(image.id)
+        assert image.id not in {i.id for i in driver.list_images()}
+        with pytest.raises(NotFoundError):
+            driver.delete_image(image.id)
     finally:
-        driver.conn.image.delete_image(image.id)
+        driver.conn.image.delete_image(image.id, ignore_missing=True)
 
 
 @openstack

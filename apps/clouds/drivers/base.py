@@ -318,6 +318,11 @@ class CloudDriver(ABC):
     @abstractmethod
     def upload_image(self, upload: ImageUpload) -> Image: ...
 
+    def delete_image(self, image_id: str) -> None:
+        """Remove an image this installation uploaded (and what only it used, e.g. an EC2 snapshot). An image that
+        is already gone raises NotFoundError."""
+        raise InvalidRequestError(f"{self.label} images cannot be deleted through Skyport.")
+
     # metrics
     def cpu_metrics(self, server_id: str, *, since: datetime.datetime) -> list[CpuSample]:
         return []

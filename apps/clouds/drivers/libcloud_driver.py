@@ -1092,6 +1092,26 @@ class EC2Driver(LibcloudDriver):
         images = self._own_images(tags=tags)
         return self._ec2_image(images[0]) if images else None
 
+    def delete_image(self, image_id: str) -> None:
+        """Deregister the AMI, then delete the snapshots it was registered from (they were made for it)."""
+        with self._errors(f"describe image {image_id}"):
+            res = self._ec2({"Action": "DescribeImages", "ImageId.1": image_id})
+        found = _items(res, "imagesSet")
+        if not found:
+            raise NotFoundError(f"EC2 has no image {image_id}.")
+        snapshots = [
+            str(findtext(element=m, xpath="ebs/snapshotId", namespace=NAMESPACE) or "")
+            for m in _items(found[0], "blockDeviceMapping")
+        ]
+        with self._errors(f"deregister image {image_id}"):
+            self._ec2({"Action": "DeregisterImage", "ImageId": image_id})
+        for snapshot_id in filter(None, snapshots):
+            with self._errors(f"delete snapshot {snapshot_id}"):
+                try:
+                    self._ec2({"Action": "DeleteSnapshot", "SnapshotId": snapshot_id})
+                except NotFoundError:
+                    pass  # already gone: what we wanted
+
     @property
     def image_bucket(self) -> str:
         bucket = str(self.options.get("image_bucket") or "").strip()

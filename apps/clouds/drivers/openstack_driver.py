@@ -647,6 +647,10 @@ class OpenStackDriver(CloudDriver):
             raise InvalidRequestError(f"OpenStack refused the image {upload.name!r} (status {img.status}).")
         return self._image(img)
 
+    def delete_image(self, image_id: str) -> None:
+        with self._errors(f"delete image {image_id}"):
+            self.conn.image.delete_image(image_id, ignore_missing=False)
+
     # --- metrics: the stack has no telemetry service ---------------------------------------------------------
     def cpu_metrics(self, server_id: str, *, since: datetime.datetime) -> list[CpuSample]:
         return []

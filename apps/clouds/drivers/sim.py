@@ -589,6 +589,16 @@ class SimDriver(CloudDriver):
 
         return self._call("upload_image", action)
 
+    def delete_image(self, image_id: str) -> None:
+        def action(cloud: SimCloud) -> None:
+            kept = [i for i in cloud.images if i["id"] != image_id]
+            if len(kept) == len(cloud.images):
+                raise NotFoundError(f"Image {image_id} does not exist.")
+            cloud.images = kept
+            cloud.save(update_fields=["images"])
+
+        self._call("delete_image", action)
+
     def cpu_metrics(self, server_id: str, *, since: datetime.datetime) -> list[CpuSample]:
         """One sample a minute of sim time, a deterministic series per server (seeded), while it exists."""
 
