@@ -13,6 +13,7 @@ DescribeKeyPairs (ignored by the API, so the wrong key comes back), DescribeInst
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -1106,11 +1107,9 @@ class EC2Driver(LibcloudDriver):
         with self._errors(f"deregister image {image_id}"):
             self._ec2({"Action": "DeregisterImage", "ImageId": image_id})
         for snapshot_id in filter(None, snapshots):
-            with self._errors(f"delete snapshot {snapshot_id}"):
-                try:
-                    self._ec2({"Action": "DeleteSnapshot", "SnapshotId": snapshot_id})
-                except NotFoundError:
-                    pass  # already gone: what we wanted
+            # already gone is what we wanted; the typed error comes out of _errors, so suppress outside it
+            with contextlib.suppress(NotFoundError), self._errors(f"delete snapshot {snapshot_id}"):
+                self._ec2({"Action": "DeleteSnapshot", "SnapshotId": snapshot_id})
 
     @property
     def image_bucket(self) -> str:
