@@ -153,6 +153,7 @@ CELERY_BEAT_SCHEDULE = {
     "prune-notifications": {"task": "apps.accounts.tasks.prune_notifications", "schedule": 3600.0},
     "resume-operations": {"task": "apps.clouds.operations_tasks.operations_resume", "schedule": 30.0},
     "sync-cloud-accounts": {"task": "apps.clouds.tasks.sync_all_accounts", "schedule": 900.0},
+    "refresh-catalog-prices": {"task": "apps.catalog.tasks.catalog_prices_refresh", "schedule": 600.0},
 }
 # task modules outside `<app>.tasks` that workers must load
 CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks"]

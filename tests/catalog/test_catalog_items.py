@@ -323,3 +323,22 @@ def test_a_revoked_image_blocks_content_changes_not_text_fixes(dennis, web, worl
         catalog_item_set_enabled(actor=dennis, item=created, enabled=True)
     created.refresh_from_db()
     assert created.is_enabled is False
+
+
+def test_periodic_refresh_follows_a_sysadmin_price_change(dennis, acme, web):
+    """Estimates follow flavor prices: the sysadmin's override reaches the item at the next periodic refresh."""
+    from apps.catalog.tasks import catalog_prices_refresh
+
+    account = make_account(acme, "price-cloud")
+    CloudGrant.objects.create(organization=acme, account=account, project=web)
+    flavor = make_flavor(account, "p-small", 1, 2048, price="0.10000")
+    image = make_image(web, "Priced", "1")
+    profile = make_profile(acme, "p1", 1, 2048)
+    item = catalog_item_create(actor=dennis, project=web, name="Priced", kind="image", image=image,
+                                       profile=profile, publish_to=[web])
+    assert item.price_hourly_min == Decimal("0.10000")
+    assert catalog_prices_refresh() == 0  # nothing changed: nothing written
+    Flavor.objects.all_tenants().filter(pk=flavor.pk).update(price_override_per_hour=Decimal("0.05"))
+    assert catalog_prices_refresh() == 1
+    item.refresh_from_db()
+    assert (item.price_hourly_min, item.price_hourly_max) == (Decimal("0.05000"), Decimal("0.05000"))
