@@ -278,7 +278,7 @@ class CatalogItem(TenantModel):
     )
     # launches whose monthly estimate exceeds this need an approval (None: never; 0: always)
     approval_threshold_monthly = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
-    # the estimate over the clouds it can run on, refreshed when the item changes, and every 10 minutes for price changes
+    # the estimate over the clouds it can run on: refreshed when the item changes and every 10 minutes
     price_hourly_min = models.DecimalField(max_digits=12, decimal_places=5, null=True, blank=True)
     price_hourly_max = models.DecimalField(max_digits=12, decimal_places=5, null=True, blank=True)
     is_enabled = models.BooleanField(default=True)
