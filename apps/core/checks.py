@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from django.conf import settings
@@ -35,6 +36,23 @@ def skyport_deploy_checks(app_configs: Any, **kwargs: Any) -> list[Warning]:
                 "process, and Celery runs tasks inline.",
                 hint="Set REDIS_URL=redis://host:6379/0",
                 id="skyport.W003",
+            )
+        )
+    missing = [tool for tool in ("qemu-img", "prlimit") if shutil.which(tool) is None]
+    if missing:
+        problems.append(
+            Warning(
+                f"{' and '.join(missing)} not found: images cannot be checked or converted.",
+                hint="Install Debian's qemu-utils (qemu-img) and util-linux (prlimit) on every web and worker host.",
+                id="skyport.W004",
+            )
+        )
+    if settings.SKYPORT_IMAGE_STORE == "s3" and not settings.SKYPORT_IMAGE_S3_BUCKET:
+        problems.append(
+            Warning(
+                "SKYPORT_IMAGE_STORE is s3 but SKYPORT_IMAGE_S3_BUCKET is empty.",
+                hint="Set SKYPORT_IMAGE_S3_BUCKET and its endpoint and keys, or use the file store on a shared volume.",
+                id="skyport.W005",
             )
         )
     return problems
