@@ -159,6 +159,9 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks"]
 # operation kind → function called with the operation after each run (the app that started it follows it)
 SKYPORT_OPERATION_FOLLOWERS = {"push_image": "apps.catalog.images.image_copy_follow"}
+# operation kind → function giving a local path of the file a step sends, called when the path the operation was
+# started with is not on this worker (a push resumed on another machine fetches the image from the store again)
+SKYPORT_OPERATION_FILE_SOURCES = {"push_image": "apps.catalog.images.image_copy_local_file"}
 # never under tests: a background thread would run the periodic tasks against the test database
 SKYPORT_INPROCESS_SCHEDULER = env.bool(
     "SKYPORT_INPROCESS_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER and not TESTING

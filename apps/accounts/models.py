@@ -138,8 +138,8 @@ class Membership(TenantModel):
                 "user", "project", condition=Q(project__isnull=False), name="membership_project_unique"
             ),
             models.CheckConstraint(
-                condition=(Q(project__isnull=True) & Q(role__in=[r.value for r in ORG_ROLES]))
-                | (Q(project__isnull=False) & Q(role__in=[r.value for r in PROJECT_ROLES])),
+                condition=(Q(project__isnull=True) & Q(role__in=sorted(r.value for r in ORG_ROLES)))
+                | (Q(project__isnull=False) & Q(role__in=sorted(r.value for r in PROJECT_ROLES))),
                 name="membership_role_matches_scope",
             ),
         ]

@@ -99,6 +99,7 @@ MAX_SOURCE_BYTES = 200_000
 MAX_NODES = 5_000
 MAX_DEPTH = 20
 MAX_INSTANCES = 100
+MAX_USER_DATA = 16384  # characters of user_data, as written and once the parameters are filled in
 HOURS_PER_MONTH = 730
 PARAM_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 REFERENCE_RE = re.compile(r"\{\{\s*(" + PARAM_NAME + r")\s*\}\}")
@@ -194,7 +195,7 @@ BLUEPRINT_SCHEMA: dict[str, Any] = {
                     "items": {"type": "string", "minLength": 1, "maxLength": 255},
                 },
                 "ports": {"type": "array", "maxItems": 50, "items": {"$ref": "#/$defs/port"}},
-                "user_data": {"type": "string", "maxLength": 16384},
+                "user_data": {"type": "string", "maxLength": MAX_USER_DATA},
                 "depends_on": {
                     "type": "array",
                     "uniqueItems": True,
@@ -326,11 +327,57 @@ def _too_deep(source: str) -> BlueprintIssue | None:
     return None
 
 
+def _bad_scalar(root: yaml.Node | None) -> yaml.Node | None:
+    """The first scalar (in source order) the safe loader cannot build."""
+    probe = yaml.SafeLoader("")
+    try:
+        stack: list[yaml.Node] = [root] if root is not None else []
+        seen: set[int] = set()
+        bad: list[yaml.Node] = []
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.ScalarNode):
+                build = yaml.SafeLoader.yaml_constructors.get(node.tag)
+                if build is not None:
+                    try:
+                        build(probe, node)
+                    except (ValueError, OverflowError, TypeError, yaml.YAMLError):
+                        bad.append(node)
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(n for pair in node.value for n in pair)
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+        return min(bad, key=lambda n: (n.start_mark.line, n.start_mark.column), default=None)
+    finally:
+        probe.dispose()
+
+
+def _unreadable_value(root: yaml.Node | None, error: Exception) -> BlueprintIssue:
+    node = _bad_scalar(root)
+    if node is None:
+        return BlueprintIssue(None, None, "", "the blueprint holds a value that cannot be read")
+    text = node.value if isinstance(node.value, str) else ""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return BlueprintIssue(node.start_mark.line + 1, node.start_mark.column + 1, "",
+                          f"'{shown}' cannot be read as a value (quote it to use it as text)")
+
+
 def _parse(source: str) -> tuple[Any, yaml.Node | None, list[BlueprintIssue]]:
     if len(source.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
         too_big = f"the blueprint is larger than {MAX_SOURCE_BYTES // 1000} kB"
         return None, None, [BlueprintIssue(None, None, "", too_big)]
-    loader = yaml.SafeLoader(source)
+    try:
+        loader = yaml.SafeLoader(source)
+    except yaml.reader.ReaderError as e:  # a control character: the reader refuses the text before parsing
+        line = source.count("\n", 0, max(e.position, 0)) + 1
+        column = e.position - (source.rfind("\n", 0, max(e.position, 0)) + 1) + 1
+        what = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        return None, None, [BlueprintIssue(line, column, "", f"the blueprint holds a control character ({what}): "
+                                                             "remove it")]
+    root: yaml.Node | None = None
     try:
         deep = _too_deep(source)
         if deep is not None:
@@ -354,6 +401,9 @@ def _parse(source: str) -> tuple[Any, yaml.Node | None, list[BlueprintIssue]]:
         return None, None, [BlueprintIssue(mark.line + 1, mark.column + 1, "", f"YAML syntax error: {message}")]
     except yaml.YAMLError as e:
         return None, None, [BlueprintIssue(None, None, "", f"YAML syntax error: {e}")]
+    except (ValueError, OverflowError, TypeError) as e:
+        # a scalar the loader cannot build: an integer of thousands of digits, a date like 2024-02-30
+        return None, root, [_unreadable_value(root, e)]
     finally:
         loader.dispose()
     return data, root, []
@@ -577,6 +627,11 @@ def _check_servers(
                 if param.get("max") is not None and param["max"] > MAX_INSTANCES:
                     message = f"parameter '{pname}' is used as a count: its max must be at most {MAX_INSTANCES}"
                     out.append(_issue(root, ["parameters", pname, "max"], message))
+                default = param.get("default")
+                if isinstance(default, int) and not isinstance(default, bool) and not 1 <= default <= MAX_INSTANCES:
+                    message = (f"parameter '{pname}' is used as a count: its default must be between 1 and "
+                               f"{MAX_INSTANCES}")
+                    out.append(_issue(root, ["parameters", pname, "default"], message))
         user_data = server.get("user_data", "")
         for match in ANY_BRACES_RE.finditer(user_data):
             offset = _user_data_line(root, [*base, "user_data"], user_data, match.start())
@@ -760,6 +815,16 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def rendered_user_data_size(template: str, values: dict[str, Any]) -> int:
+    """The length `render_user_data` would return, found without building the text (a long value used many times
+    must not make a huge string)."""
+    size = len(template)
+    for match in REFERENCE_RE.finditer(template):
+        if match.group(1) in values:
+            size += len(_text(values[match.group(1)])) - len(match.group(0))
+    return size
+
+
 def render_user_data(template: str, values: dict[str, Any]) -> str:
     """Replace each `{{ name }}` by the parameter's value. Nothing else is interpreted; an unknown name stays."""
     return REFERENCE_RE.sub(lambda m: _text(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
@@ -868,6 +933,12 @@ def blueprint_preview(
         if count is None:
             problems.append(f"{name}: count {server.get('count')!r} has no value")
             continue
+        if count < 1:
+            problems.append(f"{name}: count must be at least 1, not {count}")
+            continue
+        if count > MAX_INSTANCES:
+            problems.append(f"{name}: count {count} is too many: a launch makes at most {MAX_INSTANCES} servers")
+            continue
         total += count
         if total > MAX_INSTANCES:
             problems.append(f"a launch makes at most {MAX_INSTANCES} servers")
@@ -892,7 +963,14 @@ def blueprint_preview(
                     where = ", ".join(f.where for f in cheapest(fits)[:3])
                     server_problems.append(f"image {image} has no copy in {where}: push it first")
                 targets = _spread(placeable, (server.get("placement") or {}).get("spread", "none"))
-        user_data = render_user_data(server.get("user_data", ""), values)
+        template = server.get("user_data", "")
+        size = rendered_user_data_size(template, values)
+        if size > MAX_USER_DATA:
+            server_problems.append(f"{name}: user_data would be {size} characters once the parameters are filled "
+                                   f"in: at most {MAX_USER_DATA}")
+            user_data = ""
+        else:
+            user_data = render_user_data(template, values)
         for i in range(count):
             instance = PreviewInstance(f"{name}-{i + 1}", name, image, profile, user_data=user_data,
                                        problems=list(server_problems))

@@ -18,7 +18,7 @@ from django.db.models import Prefetch, ProtectedError, Q, QuerySet
 from django.utils.text import slugify
 
 from apps.accounts.models import Organization, Project, User
-from apps.catalog.blueprints import blueprint_preview, referenced_images, server_count
+from apps.catalog.blueprints import MAX_INSTANCES, blueprint_preview, referenced_images, server_count
 from apps.catalog.events import catalog_group, catalog_message, send_catalog_event
 from apps.catalog.models import (
     BlueprintVersion,
@@ -251,7 +251,7 @@ def _images_of(kind: str, image: Image | None, version: BlueprintVersion | None)
 def _locked(item: CatalogItem) -> CatalogItem:
     return (
         CatalogItem.objects.all_tenants()
-        .select_for_update()
+        .select_for_update(of=("self",))  # the nullable relations are outer joins, which cannot be locked
         .select_related("project", "image", "profile", "blueprint_version")
         .get(pk=item.pk)
     )
@@ -411,7 +411,7 @@ def _price_range(item: CatalogItem, organization: Organization) -> tuple[Decimal
     }
     for server in servers.values():
         image, profile = images.get(server.get("image_id")), profiles.get(server.get("profile_id"))
-        count = server_count(server, preview.parameters) or 0
+        count = min(max(server_count(server, preview.parameters) or 0, 0), MAX_INSTANCES)
         if image is None or profile is None:
             continue
         prices = [f.price_per_hour for f in cheapest(by_arch[image.arch][profile.pk]) if f.price_per_hour is not None]

@@ -113,6 +113,19 @@ class ShareForm(forms.Form):
         _choices(self.fields["project"], [(p.pk, p.name) for p in projects])
 
 
+class ImageEditForm(forms.Form):
+    """The details people recognise an image by; the file, its format and checksum never change."""
+
+    name = forms.CharField(max_length=100)
+    version = forms.CharField(max_length=40, required=False, help_text="e.g. 2024.06 or 12.5")
+    os = forms.CharField(max_length=60, required=False, label="Operating system")
+    os_version = forms.CharField(max_length=40, required=False, label="OS version")
+    arch = forms.ChoiceField(choices=Arch.choices, label="Architecture")
+    min_disk_gb = forms.IntegerField(min_value=0, max_value=1024 * 1024, label="Minimum disk (GB)")
+    min_ram_mb = forms.IntegerField(min_value=0, max_value=1024 * 1024, label="Minimum RAM (MiB)")
+    description = forms.CharField(max_length=4000, required=False, widget=forms.Textarea(attrs={"rows": 3}))
+
+
 # --- hardware profiles --------------------------------------------------------------------------------------------
 class ProfileForm(forms.Form):
     name = forms.CharField(max_length=60)
@@ -149,6 +162,11 @@ class BlueprintCreateForm(BlueprintSourceForm):
 class BlueprintValidateForm(forms.Form):
     source = forms.CharField(max_length=200_000, strip=False, required=False)
     blueprint = forms.IntegerField(required=False)
+
+
+class BlueprintRenameForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    description = forms.CharField(max_length=1000, required=False)
 
 
 # --- catalog items ------------------------------------------------------------------------------------------------

@@ -18,9 +18,11 @@ The pipeline:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import posixpath
+import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -40,12 +42,12 @@ from apps.catalog.events import send_catalog_event
 from apps.catalog.models import CatalogItem, Image, ImageCopy, ImageShare
 from apps.catalog.permissions import require_change
 from apps.clouds.drivers import driver_class
-from apps.clouds.drivers.base import CloudError
+from apps.clouds.drivers.base import CloudError, InvalidRequestError
 from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Health, Operation
 from apps.clouds.selectors import LAUNCH_POLICY, can_launch
 from apps.core import audit
 from apps.core.access import get_access
-from apps.core.netsafety import UnsafeURLError, check_url
+from apps.core.netsafety import UnsafeURLError, check_address, check_url, resolve
 from apps.core.permissions import ServiceError, require
 
 log = logging.getLogger(__name__)
@@ -254,9 +256,50 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def _checked_connection(address: tuple[str, int], timeout: Any, source_address: Any = None) -> socket.socket:
+    """Connect to an address the host resolves to *now*, each checked by the outbound rules: the name cannot
+    resolve to a public address for the check and to an inward one for the connection (DNS rebinding)."""
+    host, port = address
+    try:
+        addresses = resolve(host, port)
+        for candidate in addresses:
+            check_address(candidate)
+    except UnsafeURLError as exc:
+        raise DownloadError(str(exc)) from None
+    last: OSError | None = None
+    for candidate in addresses:
+        try:
+            return socket.create_connection((candidate, port), timeout, source_address)
+        except OSError as exc:
+            last = exc
+    raise last or OSError(f"{host} has no address")
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _checked_connection
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _checked_connection
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_CheckedHTTPConnection, req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_CheckedHTTPSConnection, req, context=getattr(self, "_context", None))
+
+
 def _opener() -> urllib.request.OpenerDirector:
-    handlers: list[Any] = [urllib.request.ProxyHandler({}), _CheckedRedirects(), urllib.request.HTTPHandler(),
-                           urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+    handlers: list[Any] = [urllib.request.ProxyHandler({}), _CheckedRedirects(), _CheckedHTTPHandler(),
+                           _CheckedHTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
                            urllib.request.HTTPErrorProcessor()]
     opener = urllib.request.OpenerDirector()
     for handler in handlers:
@@ -342,6 +385,10 @@ def image_download(image_id: int) -> Image | None:
         image_store.get_store().put_file(key, tmp, move=True)
     except (DownloadError, qemu.ImageRejected, qemu.ConversionError, image_store.StoreError) as exc:
         _fail_import(image.pk, str(exc))
+        return _images().get(pk=image.pk)
+    except Exception as exc:  # never leave the image importing for ever
+        log.exception("image %s: the import failed", image.pk)
+        _fail_import(image.pk, f"The import failed ({type(exc).__name__}).")
         return _images().get(pk=image.pk)
     finally:
         _remove(tmp)
@@ -547,7 +594,7 @@ def _start_copy(copy: ImageCopy, actor: User) -> None:
 def image_push(*, actor: User, image: Image, targets: list[tuple[CloudAccount, str]]) -> list[ImageCopy]:
     """One copy per account-region: new or failed ones are (re)started, available or active ones left alone."""
     require_change(actor, image)
-    image = _images().select_for_update().select_related("project").get(pk=image.pk)
+    image = _images().select_for_update(of=("self",)).select_related("project").get(pk=image.pk)
     _pushable(image)
     wanted = list(dict.fromkeys((account.pk, str(region)) for account, region in targets))
     if not wanted:
@@ -585,7 +632,8 @@ def image_push(*, actor: User, image: Image, targets: list[tuple[CloudAccount, s
 @transaction.atomic
 def image_copy_retry(*, actor: User, copy: ImageCopy) -> ImageCopy:
     """Push one failed copy again (a new attempt: a new operation); the other copies are not touched."""
-    copy = _copies().select_for_update().select_related("image", "image__project", "account").get(pk=copy.pk)
+    rows = _copies().select_for_update(of=("self",)).select_related("image", "image__project", "account")
+    copy = rows.get(pk=copy.pk)
     require_change(actor, copy.image)
     if copy.state != ImageCopy.State.FAILED:
         raise ServiceError(f"Only a failed copy can be retried; this one is {copy.get_state_display().lower()}.")
@@ -627,9 +675,14 @@ def _copy_progress(copy_id: int, attempt: int) -> Callable[[int], None]:
     return update
 
 
+# formats whose master is rewritten even when the cloud takes the format: clouds import only stream-optimized VMDKs
+# (EC2 VM Import refuses a monolithicSparse one), which is what the conversion writes
+REWRITTEN_FORMATS = frozenset({"vmdk"})
+
+
 def _disk_key(copy: ImageCopy, image: Image, fmt: str) -> str:
     """The store key of the image in `fmt`: the master file, or a converted file (made once, then reused)."""
-    if fmt == image.disk_format:
+    if fmt == image.disk_format and fmt not in REWRITTEN_FORMATS:
         return image.store_key
     store = image_store.get_store()
     key = image_store.converted_key(image.store_key, fmt)
@@ -665,13 +718,19 @@ def image_copy_run(copy_id: int) -> ImageCopy | None:
         fmt = target_format(image.disk_format, accepted)
         key = _disk_key(copy, image, fmt)
         store = image_store.get_store()
-        path = store.fetch(key)
+        holder = f"copy-{copy.pk}-{attempt}"
+        path = store.fetch(key, holder)
         size = os.path.getsize(path)
     except ServiceError as exc:
         _copy_update(copy_id, attempt, state=ImageCopy.State.FAILED, error=" ".join(exc.messages)[:1000])
         return _copies().filter(pk=copy_id).first()
     except (qemu.ConversionError, qemu.ImageRejected, image_store.StoreError, CloudError) as exc:
         _copy_update(copy_id, attempt, state=ImageCopy.State.FAILED, error=str(exc)[:1000])
+        return _copies().filter(pk=copy_id).first()
+    except Exception as exc:  # never leave the copy queued for ever (it could be neither retried nor deleted)
+        log.exception("image copy %s: preparing the push failed", copy_id)
+        _copy_update(copy_id, attempt, state=ImageCopy.State.FAILED,
+                     error=f"Preparing the push failed ({type(exc).__name__}): retry it.")
         return _copies().filter(pk=copy_id).first()
     operation = operation_start(
         account=account,
@@ -681,6 +740,7 @@ def image_copy_run(copy_id: int) -> ImageCopy | None:
             "name": f"{image.name} {image.version}".strip(),
             "path": path,
             "store_key": key,
+            "store_holder": holder,
             "disk_format": fmt,
             "arch": image.arch,
             "description": (image.description or f"{image.os} {image.os_version}".strip())[:250],
@@ -697,6 +757,17 @@ def image_copy_run(copy_id: int) -> ImageCopy | None:
         return _copies().filter(pk=copy_id).first()  # a newer attempt took over
     operation_run_and_follow(operation.pk)
     return _copies().filter(pk=copy_id).first()
+
+
+def image_copy_local_file(operation: Operation) -> str:
+    """The push's disk file on this worker (the operation file source of "push_image"): a push resumed on another
+    machine than the one that started it fetches the file from the image store again. The store errors are the
+    driver's: a StoreError (the file or the store is gone) fails the step."""
+    params = operation.params or {}
+    try:
+        return image_store.get_store().fetch(str(params["store_key"]), str(params.get("store_holder") or ""))
+    except (KeyError, ValueError, image_store.StoreError) as exc:
+        raise InvalidRequestError(f"The image file of this push cannot be read here: {exc}") from None
 
 
 def image_copy_follow(operation: Operation) -> None:
@@ -725,7 +796,7 @@ def image_copy_follow(operation: Operation) -> None:
         key = (operation.params or {}).get("store_key")
         if key:
             with contextlib.suppress(image_store.StoreError, ValueError):
-                image_store.get_store().release(str(key))
+                image_store.get_store().release(str(key), str((operation.params or {}).get("store_holder") or ""))
     if operation.state == Operation.State.SUCCEEDED and copy.provider_image_id:
         _record_provider_image(copy)
 

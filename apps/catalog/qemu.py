@@ -70,7 +70,10 @@ class DiskInfo:
 
 
 def _limited(args: list[str], *, memory: int, cpu: int) -> list[str]:
-    prlimit = shutil.which("prlimit") or "prlimit"
+    prlimit = shutil.which("prlimit")
+    if not prlimit:  # qemu-img never runs on an untrusted file without its limits
+        raise ConversionError("prlimit is not installed on this server (package util-linux): disk images cannot be "
+                              "checked or converted safely.")
     return [prlimit, f"--as={int(memory)}", f"--cpu={int(cpu)}", "--", _qemu_img(), *args]
 
 
@@ -149,32 +152,51 @@ def _qcow2_check(path: str, name: str) -> None:
             )
 
 
+def _descriptor_text(path: str, offset: int) -> str:
+    """The descriptor text qemu reads at `offset`: up to 1 MiB, to the first NUL (whatever size the header says)."""
+    return _read(path, offset, MAX_DESCRIPTOR).split(b"\x00", 1)[0].decode("utf-8", "replace")
+
+
 def _vmdk_sparse_check(path: str, name: str) -> None:
     header = _read(path, 0, 512)
     if len(header) < 44:
         raise ImageRejected(f"{name} is not a valid VMDK image: its header is cut short.")
+    capacity = struct.unpack("<Q", header[12:20])[0]
     desc_offset, desc_size = struct.unpack("<QQ", header[28:44])
-    if not desc_offset or not desc_size:
-        return  # no embedded descriptor: a single sparse extent
+    if desc_offset and capacity == 0:
+        # qemu then reads the embedded descriptor as a descriptor file, extents (other files) included
+        raise ImageRejected(
+            f"{name} is a VMDK whose disk is described by its embedded descriptor (other files may hold the data): "
+            "only single-file VMDKs (monolithicSparse or streamOptimized) are accepted."
+        )
     if desc_size * 512 > MAX_DESCRIPTOR:
         raise ImageRejected(f"{name} is not a valid VMDK image: its descriptor is too large.")
-    descriptor = _read(path, desc_offset * 512, desc_size * 512).split(b"\x00", 1)[0].decode("utf-8", "replace")
-    create_type = ""
-    extents = []
-    for raw_line in descriptor.splitlines():
-        line = raw_line.strip()
-        match = re.match(r'createType\s*=\s*"?([A-Za-z]+)"?', line)
-        if match:
-            create_type = match.group(1)
-        elif re.match(r"(RW|RDONLY|NOACCESS)\s", line):
-            extents.append(line)
-    if create_type and create_type not in VMDK_TYPES:
-        raise ImageRejected(
-            f"{name} is a VMDK of type {create_type}: only single-file VMDKs (monolithicSparse or streamOptimized) "
-            "are accepted."
-        )
-    if len(extents) > 1:
-        raise ImageRejected(f"{name} is a VMDK with several extents: only single-file VMDKs are accepted.")
+    # qemu looks for a parent (parentFileNameHint) in the descriptor right after the header, whatever the header says
+    texts = [_descriptor_text(path, 512)]
+    if desc_offset and desc_offset != 1:
+        texts.append(_descriptor_text(path, desc_offset * 512))
+    for descriptor in texts:
+        if "parentFileNameHint" in descriptor:  # qemu finds it anywhere in the text (strstr), not only on a line
+            raise ImageRejected(
+                f"{name} is a VMDK with a parent disk (parentFileNameHint): it depends on another file. Flatten "
+                "it first (qemu-img convert -O vmdk -o subformat=streamOptimized image.vmdk flat.vmdk)."
+            )
+        create_type = ""
+        extents = []
+        for raw_line in descriptor.splitlines():
+            line = raw_line.strip()
+            match = re.match(r'createType\s*=\s*"?([A-Za-z]+)"?', line)
+            if match:
+                create_type = match.group(1)
+            elif re.match(r"(RW|RDONLY|NOACCESS)\s", line):
+                extents.append(line)
+        if desc_offset and create_type and create_type not in VMDK_TYPES:
+            raise ImageRejected(
+                f"{name} is a VMDK of type {create_type}: only single-file VMDKs (monolithicSparse or "
+                "streamOptimized) are accepted."
+            )
+        if desc_offset and len(extents) > 1:
+            raise ImageRejected(f"{name} is a VMDK with several extents: only single-file VMDKs are accepted.")
 
 
 def detect_format(path: str) -> str:

@@ -93,28 +93,41 @@ class FileStore:
     def path(self, key: str) -> Path:
         return self.root / "store" / check_key(key)
 
+    @contextlib.contextmanager
+    def _errors(self, key: str, tmp: str) -> Iterator[None]:
+        """A full disk or a permission problem: a StoreError without the server's paths, nothing half-written."""
+        try:
+            yield
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(f"The image store could not keep {os.path.basename(key)} ({reason}).") from None
+
     def put_stream(self, key: str, fileobj: IO[bytes] | Any, max_bytes: int) -> tuple[int, str]:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = scratch_file(".part")
-        size, sha = copy_stream(fileobj, tmp, max_bytes=max_bytes)
-        os.replace(tmp, target)
+        with self._errors(key, tmp):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            size, sha = copy_stream(fileobj, tmp, max_bytes=max_bytes)
+            os.replace(tmp, target)
         return size, sha
 
     def put_file(self, key: str, path: str, *, move: bool = False) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if move:
-            try:
-                os.replace(path, target)
-                return
-            except OSError:  # another filesystem: copy below
-                pass
         tmp = scratch_file(".part")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
-        if move:
-            os.unlink(path)
+        with self._errors(key, tmp):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if move:
+                try:
+                    os.replace(path, target)
+                    return
+                except OSError:  # another filesystem: copy below
+                    pass
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+            if move:
+                os.unlink(path)
 
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[str]:
@@ -123,14 +136,14 @@ class FileStore:
             raise StoreError(f"The image store has no file {key}.")
         yield str(path)
 
-    def fetch(self, key: str) -> str:
-        """A local path of the object that stays until `release(key)` (here: the stored file itself)."""
+    def fetch(self, key: str, holder: str = "") -> str:
+        """A local path of the object that stays until `release(key, holder)` (here: the stored file itself)."""
         path = self.path(key)
         if not path.is_file():
             raise StoreError(f"The image store has no file {key}.")
         return str(path)
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, holder: str = "") -> None:
         """Nothing to clean up: the path was the stored file."""
 
     def delete(self, key: str) -> None:
@@ -174,12 +187,19 @@ class S3Store:
 
         @contextlib.contextmanager
         def wrap() -> Iterator[None]:
+            from boto3.exceptions import Boto3Error
             from botocore.exceptions import BotoCoreError, ClientError
 
             try:
                 yield
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "error")
+                raise StoreError(f"The S3 image store could not {action} ({code}, bucket {store.bucket}).") from None
+            except Boto3Error as exc:
+                # upload_file wraps the S3 error in S3UploadFailedError, whose text names local paths
+                cause = exc.__cause__ or exc.__context__
+                code = cause.response.get("Error", {}).get("Code", "error") if isinstance(cause, ClientError) else (
+                    type(exc).__name__)
                 raise StoreError(f"The S3 image store could not {action} ({code}, bucket {store.bucket}).") from None
             except BotoCoreError as exc:
                 raise StoreError(f"The S3 image store could not {action} ({type(exc).__name__}).") from None
@@ -216,11 +236,13 @@ class S3Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def _cache_path(self, key: str) -> Path:
-        return Path(settings.SKYPORT_IMAGE_DIR) / "s3-cache" / check_key(key)
+    def _cache_path(self, key: str, holder: str = "") -> Path:
+        # one download per holder (a push): releasing one never removes the file another push still reads
+        root = Path(settings.SKYPORT_IMAGE_DIR) / "s3-cache"
+        return root / check_key(holder) / check_key(key) if holder else root / check_key(key)
 
-    def fetch(self, key: str) -> str:
-        target = self._cache_path(key)
+    def fetch(self, key: str, holder: str = "") -> str:
+        target = self._cache_path(key, holder)
         if target.is_file():
             return str(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,9 +256,19 @@ class S3Store:
                 os.unlink(tmp)
         return str(target)
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, holder: str = "") -> None:
+        path = self._cache_path(key, holder)
         with contextlib.suppress(FileNotFoundError):
-            self._cache_path(key).unlink()
+            path.unlink()
+        if holder:  # the holder's folders, once empty
+            root = Path(settings.SKYPORT_IMAGE_DIR) / "s3-cache"
+            for parent in path.parents:
+                if parent == root or root not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
     def delete(self, key: str) -> None:
         with self._errors(f"delete {check_key(key)}"):
@@ -246,12 +278,13 @@ class S3Store:
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=check_key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StoreError(f"The S3 image store could not check {key}.") from None
+        with self._errors(f"check {check_key(key)}"):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
         return True
 
     def size(self, key: str) -> int:

@@ -17,21 +17,25 @@ from django.db.models import Case, Count, IntegerField, Prefetch, Value, When
 from django.http import Http404, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.models import Project
+from apps.accounts.models import Organization, Project
 from apps.catalog import blueprints as blueprint_svc
 from apps.catalog import catalog as catalog_svc
 from apps.catalog import images as images_svc
 from apps.catalog import profiles as profile_svc
+from apps.catalog.api.uploads import install_page_upload_handlers, too_large_message
 from apps.catalog.forms import (
     IMPORT_FORMS,
     ApproveForm,
     BlueprintCreateForm,
+    BlueprintRenameForm,
     BlueprintSourceForm,
     BlueprintValidateForm,
     CatalogItemForm,
     CatalogSearchForm,
+    ImageEditForm,
     ImageProviderForm,
     ProfileForm,
     PushForm,
@@ -225,9 +229,18 @@ def image_detail(request: PageRequest, pk: int) -> HttpResponse:
     return render(request, "catalog/image_detail.html", _image_context(request, image))
 
 
+@csrf_exempt  # checked just below, once the upload limit is in place (the check reads the body)
+def image_import(request: PageRequest) -> HttpResponseBase:
+    """The import page. The file streams to disk through the size-limit handler: a body beyond the image size
+    limit is dropped while it arrives instead of filling the server's temporary space."""
+    limit = install_page_upload_handlers(request) if request.method == "POST" else None
+    request._image_upload_limit = limit  # type: ignore[attr-defined]
+    return csrf_protect(_image_import)(request)
+
+
 @org_page
 @require_http_methods(["GET", "POST"])
-def image_import(request: PageRequest) -> HttpResponse:
+def _image_import(request: PageRequest) -> HttpResponse:
     _need(request, "images.manage")
     source = request.POST.get("source") or request.GET.get("source") or "upload"
     if source not in IMPORT_FORMS:
@@ -248,7 +261,13 @@ def image_import(request: PageRequest) -> HttpResponse:
     files = request.FILES if request.method == "POST" else None
     form = IMPORT_FORMS[source](data, files, **kwargs)
     status = 200
-    if request.method == "POST":
+    limit = getattr(request, "_image_upload_limit", None)
+    if request.method == "POST" and limit is not None and limit.too_large:
+        form.is_valid()
+        form.errors.pop("file", None)
+        form.add_error("file" if "file" in form.fields else None, too_large_message(limit.limit))
+        status = 400
+    elif request.method == "POST":
         status = 400
         if form.is_valid():
             try:
@@ -373,6 +392,46 @@ def share_remove(request: PageRequest, pk: int) -> HttpResponseBase:
     return redirect("catalog:image-detail", pk=share.image_id)
 
 
+IMAGE_EDIT_FIELDS = ("name", "version", "os", "os_version", "arch", "description", "min_disk_gb", "min_ram_mb")
+
+
+@org_page
+@require_http_methods(["GET", "POST"])
+def image_edit(request: PageRequest, pk: int) -> HttpResponse:
+    image = _image(request, pk)
+    _require_change(request, image)
+    form = ImageEditForm(request.POST if request.method == "POST" else None,
+                         initial={f: getattr(image, f) for f in IMAGE_EDIT_FIELDS})
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                saved = images_svc.image_update(actor=request.user, image=image, **form.cleaned_data)
+            except ValidationError as e:
+                add_service_error(form, e)
+            else:
+                messages.success(request, f"{saved} is saved.")
+                return redirect("catalog:image-detail", pk=image.pk)
+    return render(request, "catalog/image_form.html", {"form": form, "image": image}, status=status)
+
+
+@org_page
+@require_POST
+def image_delete(request: PageRequest, pk: int) -> HttpResponseBase:
+    image = _image(request, pk)
+    _require_change(request, image)
+    on_clouds = image.copies.filter(state=ImageCopy.State.AVAILABLE).exists()
+    try:
+        images_svc.image_delete(actor=request.user, image=image)
+    except ValidationError as e:
+        messages.error(request, f"{image} is not deleted: {_error_text(e)}")
+        return redirect("catalog:image-detail", pk=image.pk)
+    messages.success(request, f"{image} is deleted." + (
+        " Its copies on the clouds stay there: delete them in the provider's console." if on_clouds else ""))
+    return redirect("catalog:images")
+
+
 def _copy(request: PageRequest, pk: int) -> ImageCopy:
     return get_object_or_404(
         ImageCopy.objects.for_user(request.user, "images.view").select_related("image", "account"), pk=pk
@@ -480,6 +539,20 @@ def profile_edit(request: PageRequest, pk: int) -> HttpResponse:
     return _profile_form_page(request, form, profile, 200)
 
 
+@org_page
+@require_POST
+def profile_delete(request: PageRequest, pk: int) -> HttpResponseBase:
+    profile = get_object_or_404(HardwareProfile.objects.for_user(request.user, "images.view"), pk=pk)
+    _require_change(request, profile)
+    try:
+        profile_svc.profile_delete(actor=request.user, profile=profile)
+    except ValidationError as e:
+        messages.error(request, f"Hardware profile {profile.name} is not deleted: {_error_text(e)}")
+        return redirect("catalog:profile-edit", pk=profile.pk)
+    messages.success(request, f"Hardware profile {profile.name} is deleted.")
+    return redirect("catalog:profiles")
+
+
 # --- blueprints ---------------------------------------------------------------------------------------------------
 @org_page
 @require_GET
@@ -539,8 +612,7 @@ def blueprint_editor(request: PageRequest, pk: int) -> HttpResponse:
     blueprint = get_object_or_404(
         Blueprint.objects.for_user(request.user, "images.view").select_related("project"), pk=pk
     )
-    can_manage = can_change(request.user, blueprint)
-    versions = list(blueprint.versions.select_related("created_by").order_by("-number"))
+    versions = _blueprint_versions(blueprint)
     latest = versions[0] if versions else None
     form = BlueprintSourceForm(request.POST or None, initial={"source": latest.source if latest else ""})
     status = 200
@@ -558,12 +630,47 @@ def blueprint_editor(request: PageRequest, pk: int) -> HttpResponse:
             else:
                 messages.success(request, f"Saved as version {version.number}.")
                 return redirect("catalog:blueprint-editor", pk=blueprint.pk)
+    return _blueprint_page(request, blueprint, versions, form, status)
+
+
+def _blueprint_versions(blueprint: Blueprint) -> list[BlueprintVersion]:
+    return list(blueprint.versions.select_related("created_by").order_by("-number"))
+
+
+def _blueprint_page(request: PageRequest, blueprint: Blueprint, versions: list[BlueprintVersion],
+                    form: BlueprintSourceForm, status: int,
+                    rename_form: BlueprintRenameForm | None = None) -> HttpResponse:
+    can_manage = can_change(request.user, blueprint)
+    latest = versions[0] if versions else None
+    if rename_form is None and can_manage:
+        rename_form = BlueprintRenameForm(initial={"name": blueprint.name, "description": blueprint.description})
     source = form.data.get("source", "") if form.is_bound else (latest.source if latest else "")
     check = _check(source, _organization(request), blueprint.project) if source else {}
     return render(request, "catalog/blueprint_editor.html", {
         "form": form, "blueprint": blueprint, "versions": versions, "latest": latest, "can_manage": can_manage,
-        **check, **_editors_context(request, blueprint, "blueprint"),
+        "rename_form": rename_form, **check, **_editors_context(request, blueprint, "blueprint"),
     }, status=status)
+
+
+@org_page
+@require_POST
+def blueprint_rename(request: PageRequest, pk: int) -> HttpResponse:
+    blueprint = _blueprint(request, pk)
+    _require_change(request, blueprint)
+    form = BlueprintRenameForm(request.POST)
+    if form.is_valid():
+        try:
+            saved = blueprint_svc.blueprint_update(actor=request.user, blueprint=blueprint,
+                                                   name=form.cleaned_data["name"],
+                                                   description=form.cleaned_data["description"])
+        except ValidationError as e:
+            add_service_error(form, e)
+        else:
+            messages.success(request, f"Blueprint {saved.name} is saved.")
+            return redirect("catalog:blueprint-editor", pk=blueprint.pk)
+    versions = _blueprint_versions(blueprint)
+    source_form = BlueprintSourceForm(initial={"source": versions[0].source if versions else ""})
+    return _blueprint_page(request, blueprint, versions, source_form, 400, rename_form=form)
 
 
 @org_page
@@ -744,6 +851,19 @@ def item_enable(request: PageRequest, pk: int) -> HttpResponseBase:
     return redirect("catalog:items")
 
 
+@org_page
+@require_POST
+def item_delete(request: PageRequest, pk: int) -> HttpResponseBase:
+    item = _managed_item(request, pk)
+    try:
+        catalog_svc.catalog_item_delete(actor=request.user, item=item)
+    except ValidationError as e:
+        messages.error(request, f"{item.name} is not deleted: {_error_text(e)}")
+        return redirect("catalog:item-edit", pk=item.pk)
+    messages.success(request, f"{item.name} is deleted from the catalog.")
+    return redirect("catalog:items")
+
+
 # --- the consumers' catalog ---------------------------------------------------------------------------------------
 @org_page
 @require_GET
@@ -770,11 +890,22 @@ def item_detail(request: PageRequest, pk: int) -> HttpResponse:
         CatalogItem.objects.for_user(request.user, "catalog.view")
         .select_related("image", "profile", "blueprint_version__blueprint"), pk=pk,
     )
-    organization = _organization(request)
+    # the item's own organisation; the clouds shown are those of a project of it (never another organisation's)
+    organization = Organization.objects.all_tenants().get(pk=item.organization_id)
     project = get_frame(request).project
+    if project is not None and project.organization_id != item.organization_id:
+        project = None
+    sees_clouds = request.access.can("images.view", organization_id=item.organization_id)
+    if project is None and not sees_clouds:
+        # a consumer sees the clouds of a project of theirs the item is published to, not every account
+        publication = (CatalogPublication.objects.for_user(request.user, "catalog.view").filter(item_id=item.pk)
+                       .select_related("project").order_by("project__name").first())
+        project = publication.project if publication is not None else None
     fits: list[Any] = []
     preview = None
-    if item.kind == CatalogItem.Kind.IMAGE and item.profile is not None:
+    if project is None and not sees_clouds:
+        pass
+    elif item.kind == CatalogItem.Kind.IMAGE and item.profile is not None:
         fits = profile_svc.profile_mapping(item.profile, organization=organization, project=project,
                                            image=item.image)
     elif item.blueprint_version is not None:

@@ -16,8 +16,10 @@ pending with `next_attempt_at`, and the next run (the periodic `operations_resum
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from apps.clouds.drivers import driver_class, driver_for
 from apps.clouds.drivers.base import (
@@ -274,10 +277,26 @@ def image_upload_for(operation: Operation) -> ImageUpload:
     )
 
 
+# image steps that read the disk file (the others talk to the provider only)
+IMAGE_FILE_STEPS = frozenset({"upload", "s3_upload"})
+
+
+def _local_upload(operation: Operation, name: str) -> ImageUpload:
+    """The upload, with its file on this worker: the app that started the push fetches it again when the operation
+    resumes on another machine than the one that started it (settings.SKYPORT_OPERATION_FILE_SOURCES)."""
+    upload = image_upload_for(operation)
+    if name not in IMAGE_FILE_STEPS or os.path.isfile(upload.path):
+        return upload
+    source = getattr(settings, "SKYPORT_OPERATION_FILE_SOURCES", {}).get(operation.kind)
+    if not source:
+        return upload
+    return dataclasses.replace(upload, path=str(import_string(source)(operation)))
+
+
 def _image_step(name: str) -> Callable[[StepContext], dict[str, Any]]:
     def step(ctx: StepContext) -> dict[str, Any]:
         try:
-            return ctx.driver.image_step(name, image_upload_for(ctx.operation), dict(ctx.result))
+            return ctx.driver.image_step(name, _local_upload(ctx.operation, name), dict(ctx.result))
         except ImagePending as pending:
             raise NotReady(pending.waiting_for, pending.delay, pending.progress) from None
 

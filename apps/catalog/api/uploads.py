@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.files.uploadhandler import FileUploadHandler, TemporaryFileUploadHandler
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload, TemporaryFileUploadHandler
 from rest_framework.exceptions import ValidationError
 
 # room for the multipart boundaries and the other form fields
@@ -59,3 +59,30 @@ class SizeLimitUploadHandler(FileUploadHandler):
 def install_upload_handlers(request: Any) -> None:
     """Call before the body is read: size check first, then straight to a temporary file."""
     request.upload_handlers = [SizeLimitUploadHandler(request), TemporaryFileUploadHandler(request)]
+
+
+class PageSizeLimitUploadHandler(SizeLimitUploadHandler):
+    """The same limit for the import page: the rest of a body that is too large is read and dropped (never stored),
+    the file arrives missing and `too_large` tells the page why."""
+
+    too_large = False
+
+    def handle_raw_input(
+        self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: Any = None
+    ) -> None:
+        if content_length and content_length > self.limit + FORM_OVERHEAD:
+            self.too_large = True
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.received += len(raw_data)
+        if self.too_large or self.received > self.limit:
+            self.too_large = True
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+
+def install_page_upload_handlers(request: Any) -> PageSizeLimitUploadHandler:
+    """install_upload_handlers for a page (its CSRF check must come after this, see the import page)."""
+    limit = PageSizeLimitUploadHandler(request)
+    request.upload_handlers = [limit, TemporaryFileUploadHandler(request)]
+    return limit

@@ -1303,6 +1303,13 @@ class EC2Driver(LibcloudDriver):
         endpoint = self.endpoint or None
         if service == "s3" and self.options.get("image_s3_endpoint"):
             endpoint = str(self.options["image_s3_endpoint"])
+            # an option, not the checked `endpoint`: the outbound rules apply here, before anything is signed
+            from apps.core.netsafety import UnsafeURLError, check_url
+
+            try:
+                check_url(endpoint)
+            except UnsafeURLError as exc:
+                raise InvalidRequestError(f"Option image_s3_endpoint is refused: {exc}") from None
         if endpoint:
             _endpoint_kwargs(endpoint)  # refuses anything but an http(s) URL
         config = Config(
