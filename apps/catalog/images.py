@@ -512,9 +512,14 @@ def _image_keys(image: Image) -> list[str]:
 
 
 @transaction.atomic
-def image_delete(*, actor: User, image: Image) -> None:
-    """Remove the image from the catalog and its files from the store. Copies at the providers stay there (they may
-    run servers): delete them in the provider's console."""
+def image_delete(*, actor: User, image: Image, delete_copies: bool = True) -> list[Operation]:
+    """Remove the image from the catalog and its files from the store. With `delete_copies`, the copies Skyport
+    pushed are deleted at each provider too, as operations that run once this commits (servers already running
+    from them keep running); a provider image adopted with `image_import_provider` is never deleted there.
+    Returns those operations."""
+    from apps.clouds.operations import operation_start
+    from apps.clouds.operations_tasks import operation_enqueue
+
     require_change(actor, image)
     image = _images().select_for_update().get(pk=image.pk)
     items = CatalogItem.objects.all_tenants().filter(image=image)
@@ -524,8 +529,27 @@ def image_delete(*, actor: User, image: Image) -> None:
     if _copies().filter(image=image, state__in=ImageCopy.ACTIVE_STATES).exists():
         raise ServiceError("Copies of this image are being pushed: wait until they finish.")
     keys = _image_keys(image)
-    audit.record(actor=actor, verb="image.delete", obj=image, before=audit.snapshot(image, AUDIT_FIELDS))
+    removable = []
+    if delete_copies and image.source != Image.Source.PROVIDER:
+        removable = list(
+            _copies().filter(image=image, state=ImageCopy.State.AVAILABLE).exclude(provider_image_id="")
+            .select_related("account")
+        )
+    audit.record(
+        actor=actor, verb="image.delete", obj=image, before=audit.snapshot(image, AUDIT_FIELDS),
+        extra={"provider_copies_deleted": [f"{c.account.name}/{c.region}" for c in removable]},
+    )
+    operations = [
+        operation_start(
+            account=copy.account, region=copy.region, kind="delete_image", project=image.project,
+            params={"image_id": copy.provider_image_id}, idempotency_key=f"delete-image-copy-{copy.pk}",
+            actor=actor,
+        )
+        for copy in removable
+    ]
     image.delete()
+    for operation in operations:
+        operation_enqueue(operation.pk)
 
     def remove_files() -> None:
         store = image_store.get_store()
@@ -536,6 +560,7 @@ def image_delete(*, actor: User, image: Image) -> None:
                 log.warning("could not delete %s from the image store", key)
 
     transaction.on_commit(remove_files)
+    return operations
 
 
 # --- push ----------------------------------------------------------------------------------------------------------

@@ -422,13 +422,19 @@ def image_delete(request: PageRequest, pk: int) -> HttpResponseBase:
     image = _image(request, pk)
     _require_change(request, image)
     on_clouds = image.copies.filter(state=ImageCopy.State.AVAILABLE).exists()
+    delete_copies = request.POST.get("delete_copies") == "1"
     try:
-        images_svc.image_delete(actor=request.user, image=image)
+        removing = images_svc.image_delete(actor=request.user, image=image, delete_copies=delete_copies)
     except ValidationError as e:
         messages.error(request, f"{image} is not deleted: {_error_text(e)}")
         return redirect("catalog:image-detail", pk=image.pk)
-    messages.success(request, f"{image} is deleted." + (
-        " Its copies on the clouds stay there: delete them in the provider's console." if on_clouds else ""))
+    if removing:
+        note = f" Its {len(removing)} cloud cop{'y is' if len(removing) == 1 else 'ies are'} being deleted."
+    elif on_clouds:
+        note = " Its copies on the clouds stay there."
+    else:
+        note = ""
+    messages.success(request, f"{image} is deleted.{note}")
     return redirect("catalog:images")
 
 

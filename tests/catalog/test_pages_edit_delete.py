@@ -43,7 +43,9 @@ def test_detail_offers_edit_and_delete_to_people_who_may_change_the_image(client
     client.force_login(personas["dennis"])
     page = text(client.get(f"/catalog/images/{image.pk}/"))
     assert f'href="/catalog/images/{image.pk}/edit/"' in page
-    assert f'action="/catalog/images/{image.pk}/delete/" data-confirm="Delete Debian 12?' in page
+    delete = f'action="/catalog/images/{image.pk}/delete/" data-confirm="Delete Debian 12 and its copies on the clouds?'
+    assert delete in page
+    assert 'name="delete_copies" value="1"' in page and "Delete it from Skyport only" in page
     # the security admin sees the image (to approve it) but does not change it
     client.force_login(personas["sarah"])
     page = text(client.get(f"/catalog/images/{image.pk}/"))

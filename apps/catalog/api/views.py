@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from django.db.models import Prefetch
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -171,7 +171,12 @@ def check_blueprint(source: str, organization: Organization) -> dict[str, Any]:
         "state `importing`; follow `state`, `progress` and `error`.",
     ),
     partial_update=extend_schema(request=s.ImageUpdateSerializer, responses=s.ImageSerializer),
-    destroy=extend_schema(description="Delete an image, its stored file and its copies in every cloud."),
+    destroy=extend_schema(
+        description="Delete an image and its stored file; the copies Skyport pushed are deleted at the providers "
+        "too (servers running from them keep running), unless `?keep_copies=true`. An adopted provider image is "
+        "never deleted at the provider.",
+        parameters=[OpenApiParameter("keep_copies", bool, description="Leave the copies at the providers.")],
+    ),
 )
 class ImageViewSet(EditorsMixin, CatalogRightsMixin, TenantViewSet):
     """Images: upload a file, import from a URL or adopt a provider image; push copies to cloud accounts; approve
@@ -222,7 +227,8 @@ class ImageViewSet(EditorsMixin, CatalogRightsMixin, TenantViewSet):
         )
 
     def perform_destroy(self, instance: Image) -> None:
-        image_services().image_delete(actor=self.user, image=instance)
+        keep = self.request.query_params.get("keep_copies", "").lower() in ("1", "true", "yes")
+        image_services().image_delete(actor=self.user, image=instance, delete_copies=not keep)
 
     @extend_schema(
         request={"multipart/form-data": s.ImageUploadSerializer}, responses={201: s.ImageSerializer},
