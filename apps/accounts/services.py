@@ -194,6 +194,10 @@ def membership_remove(*, actor: User, membership: Membership) -> None:
         ApiToken.objects.all_tenants().filter(
             user=user, organization_id=membership.organization_id, revoked_at__isnull=True
         ).update(revoked_at=timezone.now())
+        # so are per-object edit grants (joining again later does not bring them back)
+        from apps.catalog.permissions import object_grants_drop
+
+        object_grants_drop(user=user, organization_id=membership.organization_id)
     _end_sessions(user)
 
 

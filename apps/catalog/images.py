@@ -809,7 +809,10 @@ def image_copy_follow(operation: Operation) -> None:
         fields = {"state": ImageCopy.State.FAILED, "error": (operation.error or "The push failed.")[:1000]}
     else:
         progress = result.get("progress")
-        fields = {"state": ImageCopy.State.UPLOADING, "error": ""}
+        # a transient provider error is being retried: say so, with when, instead of showing a silent "uploading"
+        retrying = bool(operation.error) and operation.next_attempt_at is not None
+        note = f"Retrying after: {operation.error}"[:1000] if retrying else ""
+        fields = {"state": ImageCopy.State.UPLOADING, "error": note}
         if isinstance(progress, int | float):
             fields["progress"] = max(0, min(100, int(progress)))
     updated = _copies().filter(pk=copy.pk, operation_id=operation.pk).update(updated_at=timezone.now(), **fields)

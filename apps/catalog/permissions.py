@@ -54,3 +54,23 @@ def organization_members(organization_id: int) -> Any:
         Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), organization_id=organization_id
     )
     return User.objects.filter(is_active=True, pk__in=live.values("user_id")).distinct()
+
+
+def object_grants_drop(*, user: Any, organization_id: int) -> int:
+    """Delete the user's edit grants on rows of an organisation they left, so that joining again later does not
+    bring them back. Returns how many were dropped."""
+    from guardian.models import UserObjectPermission
+
+    from apps.catalog.models import Blueprint, Image
+
+    dropped = 0
+    for model in (Image, Blueprint):
+        rows = model._base_manager.filter(organization_id=organization_id)
+        ids = [str(pk) for pk in rows.values_list("pk", flat=True)]
+        if ids:
+            deleted, _ = UserObjectPermission.objects.filter(
+                user=user, content_type__app_label="catalog", content_type__model=model._meta.model_name,
+                object_pk__in=ids,
+            ).delete()
+            dropped += deleted
+    return dropped

@@ -72,6 +72,10 @@ def test_a_grant_ends_with_the_membership(api, sam, dora, acme, images):
     account_services.membership_remove(actor=sam, membership=membership)
     dora = User.objects.get(pk=dora.pk)
     assert not can_change(dora, image) and editors_of(image) == []
+    # joining again later does not bring the grant back
+    Membership.objects.create(user=dora, organization=acme, project=membership.project, role="designer")
+    dora = User.objects.get(pk=dora.pk)
+    assert not can_change(dora, image) and editors_of(image) == []
 
 
 def test_blueprint_editors(api, dennis, dora, web):

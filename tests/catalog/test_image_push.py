@@ -364,3 +364,21 @@ def test_push_to_openstack(sam, image, openstack_account, openstack_stack, djang
     assert f"skyport:image={image.pk}" in glance_image.tags
     operation = Operation.objects.all_tenants().get(pk=copy.operation_id)
     assert operation.steps == ["image:upload", "image:wait_active"]
+
+
+def test_a_transient_provider_error_shows_on_the_copy_while_it_is_retried(dennis, image, clouds,
+                                                                          django_capture_on_commit_callbacks):
+    east, _, _ = clouds
+    sim_fault_add(east.endpoint, kind="error", method="upload_image", error="transient", times=1,
+                  message="The simulated cloud is briefly unavailable.")
+    with django_capture_on_commit_callbacks(execute=True):
+        [copy] = images.image_push(actor=dennis, image=image, targets=[(east, "region-1")])
+    copy.refresh_from_db()
+    assert copy.state == ImageCopy.State.UPLOADING
+    assert copy.error.startswith("Retrying after:") and "briefly unavailable" in copy.error
+    Operation.objects.all_tenants().filter(pk=copy.operation_id).update(next_attempt_at=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        operations_resume()
+    copy.refresh_from_db()
+    assert (copy.state, copy.error) == (ImageCopy.State.AVAILABLE, "")
+    assert len(pushed_images(east, image.pk)) == 1

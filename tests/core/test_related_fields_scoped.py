@@ -64,3 +64,20 @@ def test_form_choice_fields_start_empty(path):
         if isinstance(field, forms.ModelChoiceField):
             qs = field.queryset
             assert qs is None or qs.query.is_empty(), f"{path}.{name} offers rows before the view scopes it"
+
+
+@pytest.mark.django_db
+def test_ids_must_be_integers_not_booleans_or_floats(api, sam, web):
+    """`true`, 1.5 and "1e0" are not ids (they would otherwise be read as pk 1)."""
+    from apps.accounts.models import Invitation
+
+    before = Invitation.objects.all_tenants().count()
+    for bad in (True, 1.5, "1e0", [web.pk], {"id": web.pk}):
+        response = api(sam).post("/api/v1/invitations/", {"project": bad, "email": "x@acme.example",
+                                                          "role": "viewer"}, format="json")
+        assert response.status_code == 400, (bad, response.content)
+        assert "project" in response.json()["error"]["fields"]
+    assert Invitation.objects.all_tenants().count() == before
+    ok = api(sam).post("/api/v1/invitations/", {"project": str(web.pk), "email": "y@acme.example", "role": "viewer"},
+                       format="json")
+    assert ok.status_code == 201, ok.content

@@ -63,6 +63,12 @@ class ScopedPrimaryKeyRelatedField(ScopedRelatedField, serializers.PrimaryKeyRel
     def scoped_queryset(self, user: Any) -> Any:
         return self.scoped_model.objects.for_user(user, self.scoped_action)  # type: ignore[attr-defined]
 
+    def to_internal_value(self, data: Any) -> Any:
+        # an id is an integer (or its digits as text): true, 1.5 or "1e0" would otherwise be read as pk 1
+        if isinstance(data, bool) or not (isinstance(data, int) or (isinstance(data, str) and data.isdigit())):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
+
 
 class ScopedSlugRelatedField(ScopedRelatedField, serializers.SlugRelatedField):
     """A row named by a slug-like field (case-insensitive), looked up in `queryset_for(request.user)`."""
