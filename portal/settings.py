@@ -212,6 +212,7 @@ SKYPORT_IMAGE_S3_SECRET_KEY = env.str("SKYPORT_IMAGE_S3_SECRET_KEY", default="")
 SKYPORT_IMAGE_MAX_BYTES = env.int("SKYPORT_IMAGE_MAX_BYTES", default=50 * 1024**3)  # a file as uploaded
 SKYPORT_IMAGE_MAX_VIRTUAL_BYTES = env.int("SKYPORT_IMAGE_MAX_VIRTUAL_BYTES", default=2 * 1024**4)  # the disk it holds
 SKYPORT_IMAGE_DOWNLOAD_TIMEOUT = env.int("SKYPORT_IMAGE_DOWNLOAD_TIMEOUT", default=30)  # seconds without data
+SKYPORT_IMAGE_DOWNLOAD_MAX_SECONDS = env.int("SKYPORT_IMAGE_DOWNLOAD_MAX_SECONDS", default=6 * 3600)  # in all
 # qemu-img runs under prlimit: address space (bytes) and CPU seconds, plus a wall-clock timeout
 SKYPORT_IMAGE_QEMU_MEMORY_BYTES = env.int("SKYPORT_IMAGE_QEMU_MEMORY_BYTES", default=1024**3)
 SKYPORT_IMAGE_QEMU_CPU_SECONDS = env.int("SKYPORT_IMAGE_QEMU_CPU_SECONDS", default=30)

@@ -23,6 +23,7 @@ import logging
 import os
 import posixpath
 import socket
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -307,6 +308,21 @@ def _opener() -> urllib.request.OpenerDirector:
     return opener
 
 
+class _Deadline:
+    """A response read under an overall deadline: a server trickling data cannot hold a worker for ever (the socket
+    timeout only bounds each wait for data)."""
+
+    def __init__(self, response: Any, seconds: float) -> None:
+        self.response = response
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    def read(self, size: int = -1) -> bytes:
+        if time.monotonic() > self.ends:
+            raise DownloadError(f"The download took longer than {int(self.seconds)} seconds: it was stopped.")
+        return bytes(self.response.read(size))
+
+
 def download(url: str, path: str, *, max_bytes: int, progress: Callable[[int], None] | None = None) -> tuple[int, str]:
     """Stream `url` to `path`: (size, sha256). DownloadError with a readable message; nothing left on failure."""
     try:
@@ -325,7 +341,8 @@ def download(url: str, path: str, *, max_bytes: int, progress: Callable[[int], N
                 if progress is not None and total:
                     progress(min(99, size * 100 // total))
 
-            return image_store.copy_stream(response, path, max_bytes=max_bytes, progress=seen)
+            timed = _Deadline(response, settings.SKYPORT_IMAGE_DOWNLOAD_MAX_SECONDS)
+            return image_store.copy_stream(timed, path, max_bytes=max_bytes, progress=seen)
     except DownloadError:
         raise
     except image_store.TooLarge:

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,19 @@ class _Server:
                     self.send_header("Location", "http://10.0.0.1/disk.qcow2")
                     self.end_headers()
                     return
+                if self.path.startswith("/trickle"):
+                    # a server that keeps the connection alive with a little data now and then, for ever
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1024 * 1024))
+                    self.end_headers()
+                    try:
+                        for _ in range(40):
+                            self.wfile.write(b"\0" * 64 * 1024)
+                            self.wfile.flush()
+                            time.sleep(0.25)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 if self.path.startswith("/redirect-local"):
                     self.send_response(302)
                     self.send_header("Location", "/disk.qcow2")
@@ -255,6 +269,18 @@ def test_url_import_over_the_size_limit_fails(dennis, web, disk, http_files, set
         image = images.image_import_url(actor=dennis, project=web, name="Big", url=f"{base}/big.raw")
     image.refresh_from_db()
     assert image.state == Image.State.FAILED and "larger than the limit" in image.error
+
+
+def test_url_import_that_trickles_past_the_overall_deadline_is_stopped(dennis, web, http_files, settings,
+                                                                        image_store_dir,
+                                                                        django_capture_on_commit_callbacks):
+    settings.SKYPORT_IMAGE_DOWNLOAD_MAX_SECONDS = 1  # each wait for data is short, but the whole never ends
+    _, base = http_files
+    with django_capture_on_commit_callbacks(execute=True):
+        image = images.image_import_url(actor=dennis, project=web, name="Trickle", url=f"{base}/trickle")
+    image.refresh_from_db()
+    assert image.state == Image.State.FAILED and "took longer than 1 seconds" in image.error
+    assert stored_files(image_store_dir) == []
 
 
 # --- provider images -------------------------------------------------------------------------------------------------
