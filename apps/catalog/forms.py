@@ -44,7 +44,7 @@ class _ImageMetaForm(forms.Form):
 
 
 class ImageUploadForm(_ImageMetaForm):
-    file = forms.FileField(label="Disk image file", help_text="qcow2, raw, VMDK, VHD or VHDX; the format is detected from its contents.")
+    file = forms.FileField(label="Disk image file", help_text="qcow2, raw, VMDK, VHD or VHDX; the format is detected.")
     arch = forms.ChoiceField(choices=Arch.choices, initial=Arch.X86_64, label="Architecture")
     expected_sha256 = forms.CharField(max_length=64, required=False, label="SHA-256 (optional)",
                                       help_text=SHA256_HELP, widget=forms.TextInput(attrs=MONO))

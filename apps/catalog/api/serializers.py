@@ -175,7 +175,7 @@ class ImageUploadSerializer(_ChecksumMixin, _ImageMetaSerializer):
     """Upload a disk image (multipart/form-data). It is inspected before anything is stored: a file that is not a
     disk image, too large, or whose checksum differs is refused with a 400."""
 
-    file = serializers.FileField(help_text="The disk image (qcow2, raw, vmdk, vhd, vdi, ...).")
+    file = serializers.FileField(help_text="The disk image: qcow2, raw, vmdk, vhd or vhdx (detected).")
 
 
 class ImageImportProviderSerializer(_ImageMetaSerializer):
