@@ -1,0 +1,171 @@
+"""Deployments and their instances, with every instance transition recorded.
+
+A transition row carries a snapshot of what the instance was at that moment (account, region, flavor, size,
+price per hour, project, owner): usage and cost reports are computed from these rows later, and could not be
+reconstructed from the instance as it is today (it may have been resized, transferred or deleted since).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.db import models
+from django.db.models import Q
+
+from apps.core.tenancy import TenantModel
+from apps.deployments.states import DeploymentState, InstanceState
+
+
+class Deployment(TenantModel):
+    """One launch: servers from a catalog item (or a blueprint version), with parameters, an owner and a lease."""
+
+    VIEW_ACTION: ClassVar[str] = "deployments.view"
+
+    class Policy(models.TextChoices):
+        ACCOUNT = "account", "A chosen cloud"
+        CHEAPEST = "cheapest", "Cheapest that fits"
+        ORDERED = "ordered", "First that works, in order"
+        SPREAD = "spread", "Spread for high availability"
+
+    class LeaseAction(models.TextChoices):
+        NONE = "", "Nothing"
+        STOP = "stop", "Stop"
+        DELETE = "delete", "Delete"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="deployments")
+    owner = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="deployments")
+    name = models.CharField(max_length=63)
+    catalog_item = models.ForeignKey(
+        "catalog.CatalogItem", null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
+    )
+    # pinned: a new blueprint version never changes a deployment made from an old one
+    blueprint_version = models.ForeignKey(
+        "catalog.BlueprintVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
+    )
+    parameters = models.JSONField(default=dict, blank=True)
+    policy = models.CharField(max_length=10, choices=Policy.choices, default=Policy.CHEAPEST)
+    # the chosen account-regions with their reasons, and every rejected cloud with why
+    placement = models.JSONField(default=dict, blank=True)
+    state = models.CharField(
+        max_length=20, choices=DeploymentState.choices, default=DeploymentState.REQUESTED, db_index=True
+    )
+    state_message = models.CharField(max_length=1000, blank=True)  # a veto's or rejection's words, a failure
+    estimated_hourly = models.DecimalField(max_digits=12, decimal_places=5, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    lease_action = models.CharField(max_length=6, choices=LeaseAction.choices, blank=True)
+    # the client's Idempotency-Key: a retried request answers with the first deployment
+    idempotency_key = models.CharField(max_length=100, null=True, blank=True)
+    # live events carry it; a client that sees a gap fetches the state again
+    sequence = models.PositiveBigIntegerField(default=0)
+    created_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                "organization", "created_by", "idempotency_key", condition=Q(idempotency_key__isnull=False),
+                name="deployment_idempotency_key_per_user",
+            ),
+            models.CheckConstraint(
+                condition=Q(catalog_item__isnull=False) | Q(blueprint_version__isnull=False),
+                name="deployment_has_a_source",
+            ),
+        ]
+        permissions = [("operate_deployment", "Start, stop, reboot, resize and delete this deployment")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Instance(TenantModel):
+    """One server of a deployment, in one account-region, with what it was launched as."""
+
+    VIEW_ACTION: ClassVar[str] = "deployments.view"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="instances")
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="instances")
+    owner = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="instances")
+    name = models.CharField(max_length=63)  # predictable: <deployment>-<server>-<n>
+    role = models.CharField(max_length=40)  # the blueprint server it is one of ("web", "db")
+    index = models.PositiveSmallIntegerField(default=1)
+    account = models.ForeignKey("clouds.CloudAccount", on_delete=models.PROTECT, related_name="instances")
+    region = models.CharField(max_length=64)
+    image = models.ForeignKey("catalog.Image", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    provider_image_id = models.CharField(max_length=255, blank=True)
+    size = models.CharField(max_length=60)  # the hardware profile's short name
+    flavor_id = models.CharField(max_length=255)  # the provider's flavor id
+    vcpus = models.PositiveIntegerField()
+    ram_mb = models.PositiveIntegerField()
+    disk_gb = models.PositiveIntegerField(default=0)
+    price_per_hour = models.DecimalField(max_digits=10, decimal_places=5, null=True, blank=True)
+    provider_server_id = models.CharField(max_length=255, blank=True, db_index=True)
+    state = models.CharField(max_length=10, choices=InstanceState.choices, default=InstanceState.PENDING,
+                             db_index=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=1000, blank=True)
+    private_ips = models.JSONField(default=list, blank=True)
+    public_ips = models.JSONField(default=list, blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    missed_syncs = models.PositiveSmallIntegerField(default=0)  # a server gone from one list is not yet deleted
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["deployment_id", "role", "index"]
+        constraints = [
+            models.UniqueConstraint("deployment", "role", "index", name="instance_role_index_in_deployment"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InstanceTransition(TenantModel):
+    """One state change of an instance, with what it was at that moment. Append-only."""
+
+    VIEW_ACTION: ClassVar[str] = "deployments.view"
+
+    class Cause(models.TextChoices):
+        LAUNCH = "launch", "Launch"
+        USER = "user", "Asked by a user"
+        PROVIDER = "provider", "Observed at the provider"
+        OPERATION = "operation", "Provider operation"
+        LEASE = "lease", "Lease expired"
+        TIMEOUT = "timeout", "Stuck too long"
+        DRIFT = "drift", "Changed outside Skyport"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")
+    instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="transitions")
+    from_state = models.CharField(max_length=10, choices=InstanceState.choices)
+    to_state = models.CharField(max_length=10, choices=InstanceState.choices)
+    cause = models.CharField(max_length=10, choices=Cause.choices)
+    message = models.CharField(max_length=500, blank=True)
+    observed_at = models.DateTimeField()  # when it happened at the provider (as far as it tells)
+    detected_at = models.DateTimeField()  # when Skyport learned it
+    # the snapshot usage reports are computed from
+    owner = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="+")
+    account = models.ForeignKey("clouds.CloudAccount", on_delete=models.PROTECT, related_name="+")
+    region = models.CharField(max_length=64)
+    flavor_id = models.CharField(max_length=255)
+    size = models.CharField(max_length=60)
+    vcpus = models.PositiveIntegerField()
+    ram_mb = models.PositiveIntegerField()
+    disk_gb = models.PositiveIntegerField(default=0)
+    price_per_hour = models.DecimalField(max_digits=10, decimal_places=5, null=True, blank=True)
+
+    class Meta:
+        ordering = ["instance_id", "detected_at", "pk"]
+        indexes = [models.Index(fields=["organization", "observed_at"], name="transition_org_observed")]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.from_state} → {self.to_state}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise ValueError("Instance transitions are append-only.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]

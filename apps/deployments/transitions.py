@@ -1,0 +1,70 @@
+"""Applying a state change: the one place where an instance changes state, a transition row is written with its
+snapshot, and the deployment's derived state follows."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.deployments.models import Deployment, Instance, InstanceTransition
+from apps.deployments.states import can_move, derive_deployment_state
+
+
+class IllegalTransition(ValueError):
+    """A move the state machine does not allow (apps.deployments.states.ALLOWED)."""
+
+
+@transaction.atomic
+def transition(
+    instance: Instance,
+    *,
+    to: str,
+    cause: str,
+    message: str = "",
+    observed_at: datetime.datetime | None = None,
+) -> InstanceTransition | None:
+    """Move `instance` to `to`, record it, and bring its deployment's state along. Moving to the state it is in
+    records nothing (None). An illegal move raises IllegalTransition and changes nothing.
+
+    The instance row is locked and read again first, so two workers applying moves at once are serialised and the
+    second sees the first's result. Tenancy was checked by the service that asked for the change."""
+    now = timezone.now()
+    locked = Instance.objects.all_tenants().select_for_update(of=("self",)).get(pk=instance.pk)
+    if locked.state == to:
+        _copy(locked, instance)
+        return None
+    if not can_move(locked.state, to):
+        raise IllegalTransition(f"An instance cannot go from {locked.state} to {to}.")
+    row = InstanceTransition.objects.create(
+        organization_id=locked.organization_id, project_id=locked.project_id, instance=locked,
+        from_state=locked.state, to_state=to, cause=cause, message=message[:500],
+        observed_at=observed_at or now, detected_at=now,
+        owner_id=locked.owner_id, account_id=locked.account_id, region=locked.region, flavor_id=locked.flavor_id,
+        size=locked.size, vcpus=locked.vcpus, ram_mb=locked.ram_mb, disk_gb=locked.disk_gb,
+        price_per_hour=locked.price_per_hour,
+    )
+    locked.state = to
+    locked.state_changed_at = observed_at or now
+    locked.save(update_fields=["state", "state_changed_at", "updated_at"])
+    _copy(locked, instance)
+    deployment_refresh_state(locked.deployment_id)
+    return row
+
+
+def _copy(source: Instance, target: Instance) -> None:
+    target.state, target.state_changed_at = source.state, source.state_changed_at
+
+
+def deployment_refresh_state(deployment_id: int) -> Deployment:
+    """Set the deployment's state from its instances (locked, so concurrent transitions agree); bump its event
+    sequence when it changes."""
+    deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
+    states = Instance.objects.all_tenants().filter(deployment_id=deployment_id).values_list("state", flat=True)
+    derived = derive_deployment_state(deployment.state, states)
+    if derived != deployment.state:
+        deployment.state = derived
+        deployment.sequence += 1
+        deployment.save(update_fields=["state", "sequence", "updated_at"])
+    return deployment
