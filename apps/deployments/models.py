@@ -169,3 +169,68 @@ class InstanceTransition(TenantModel):
         if self.pk is not None:
             raise ValueError("Instance transitions are append-only.")
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class Quota(TenantModel):
+    """Limits for the whole organisation (no project, no user), one project, or one user in the organisation.
+    An empty limit means no limit. Every applicable quota must hold for a launch."""
+
+    VIEW_ACTION: ClassVar[str] = "deployments.view"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("accounts.Project", null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="quotas")
+    user = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    max_instances = models.PositiveIntegerField(null=True, blank=True)
+    max_vcpus = models.PositiveIntegerField(null=True, blank=True)
+    max_ram_mb = models.PositiveIntegerField(null=True, blank=True)
+    max_disk_gb = models.PositiveIntegerField(null=True, blank=True)
+    updated_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(project__isnull=True) | Q(user__isnull=True),
+                                   name="quota_one_scope"),
+            models.UniqueConstraint("organization", condition=Q(project__isnull=True, user__isnull=True),
+                                    name="one_org_quota"),
+            models.UniqueConstraint("project", condition=Q(project__isnull=False), name="one_project_quota"),
+            models.UniqueConstraint("organization", "user", condition=Q(user__isnull=False),
+                                    name="one_user_quota_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return f"quota {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        if self.project is not None:
+            return f"of project {self.project.name}"
+        if self.user is not None:
+            return f"of {self.user.username}"
+        return "of the organisation"
+
+
+class QuotaReservation(TenantModel):
+    """What one deployment holds against the quotas, from the request until it is deleted (or fails)."""
+
+    VIEW_ACTION: ClassVar[str] = "deployments.view"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="+")
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="reservations")
+    instances = models.PositiveIntegerField(default=0)
+    vcpus = models.PositiveIntegerField(default=0)
+    ram_mb = models.PositiveIntegerField(default=0)
+    disk_gb = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"reservation {self.pk}"
