@@ -283,5 +283,25 @@ class Notification(TenantModel):
         return Q(recipient_id=access.user_id, organization_id__in=access.organization_ids)
 
 
+class SshKey(models.Model):
+    """A public key a user keeps in their profile, offered at launch. Only the user sees and uses their keys."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="ssh_keys")
+    name = models.CharField(max_length=100)
+    public_key = models.TextField()
+    fingerprint = models.CharField(max_length=100)  # SHA256:... as ssh-keygen -l prints it
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint("user", "name", name="ssh_key_name_per_user"),
+            models.UniqueConstraint("user", "fingerprint", name="ssh_key_once_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def model_label(obj: Any) -> str:
     return f"{obj._meta.app_label}.{obj._meta.model_name}"

@@ -278,6 +278,11 @@ class CatalogItem(TenantModel):
     )
     # launches whose monthly estimate exceeds this need an approval (None: never; 0: always)
     approval_threshold_monthly = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    # leases: how long a launch lives by default (None: no lease), the longest a user may ask for, and what
+    # happens at expiry
+    lease_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    lease_max_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    lease_action = models.CharField(max_length=6, choices=[("stop", "Stop"), ("delete", "Delete")], default="stop")
     # the estimate over the clouds it can run on: refreshed when the item changes and every 10 minutes
     price_hourly_min = models.DecimalField(max_digits=12, decimal_places=5, null=True, blank=True)
     price_hourly_max = models.DecimalField(max_digits=12, decimal_places=5, null=True, blank=True)

@@ -58,6 +58,10 @@ class Deployment(TenantModel):
     idempotency_key = models.CharField(max_length=100, null=True, blank=True)
     # live events carry it; a client that sees a gap fetches the state again
     sequence = models.PositiveBigIntegerField(default=0)
+    # the public key injected into the servers (a copy: deleting it from the profile changes no deployment)
+    ssh_key_name = models.CharField(max_length=100, blank=True)
+    ssh_public_key = models.TextField(blank=True)
+    lease_reminded_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -109,7 +113,17 @@ class Instance(TenantModel):
     error = models.CharField(max_length=1000, blank=True)
     private_ips = models.JSONField(default=list, blank=True)
     public_ips = models.JSONField(default=list, blank=True)
+    # when Skyport last recorded a transition: a provider list started before it must not overwrite it
+    last_transition_at = models.DateTimeField(null=True, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
+    user_data = models.TextField(blank=True)  # the template; outputs of earlier servers are filled in at create
+    ports = models.JSONField(default=list, blank=True)
+    public_ip_id = models.CharField(max_length=255, blank=True)  # an address Skyport allocated (released on delete)
+    # the current (or last) provider operation of the instance
+    operation = models.ForeignKey("clouds.Operation", null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    # the `ordered` policy's next places to try when the provider refuses: [{account, region, flavor_id, ...}]
+    fallbacks = models.JSONField(default=list, blank=True)
     missed_syncs = models.PositiveSmallIntegerField(default=0)  # a server gone from one list is not yet deleted
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -234,3 +248,154 @@ class QuotaReservation(TenantModel):
 
     def __str__(self) -> str:
         return f"reservation {self.pk}"
+
+
+class Approval(TenantModel):
+    """A launch over its catalog item's threshold, waiting for an org admin. Nobody decides their own request."""
+
+    VIEW_ACTION: ClassVar[str] = "deployments.view"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Withdrawn"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")
+    deployment = models.OneToOneField(Deployment, on_delete=models.CASCADE, related_name="approval")
+    requested_by = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="+")
+    reason = models.CharField(max_length=300)  # why it needs one ("$412.00 a month, over the $200.00 threshold")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    decided_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    comment = models.CharField(max_length=1000, blank=True)
+    expires_at = models.DateTimeField(db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"approval of {self.deployment_id}"
+
+
+class Hook(TenantModel):
+    """An HTTP endpoint told about launches. Before-launch hooks may veto; after-launch hooks are told of
+    instances reaching running and of deletes. Payloads are signed with the hook's secret (stored encrypted)."""
+
+    VIEW_ACTION: ClassVar[str] = "hooks.manage"
+
+    class Phase(models.TextChoices):
+        BEFORE = "before_launch", "Before launch (may veto)"
+        AFTER = "after_launch", "After launch (told, cannot veto)"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=100)
+    url = models.URLField(max_length=500)
+    phase = models.CharField(max_length=14, choices=Phase.choices)
+    secret_encrypted = models.TextField()  # Fernet; write-only
+    secret_last4 = models.CharField(max_length=4, blank=True)
+    timeout_seconds = models.PositiveSmallIntegerField(default=5)
+    # a before-launch hook that times out or fails: deny the launch (default) or let it through
+    allow_on_failure = models.BooleanField(default=False)
+    is_enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["phase", "name"]
+        constraints = [models.UniqueConstraint("organization", "name", name="hook_name_in_org")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class HookDelivery(TenantModel):
+    """One call of a hook: what was sent (without the signature), what came back, how long it took."""
+
+    VIEW_ACTION: ClassVar[str] = "hooks.manage"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting to be sent"
+        DELIVERED = "delivered", "Delivered"
+        VETOED = "vetoed", "Vetoed"
+        FAILED = "failed", "Failed"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    hook = models.ForeignKey(Hook, on_delete=models.CASCADE, related_name="deliveries")
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="hook_deliveries")
+    event = models.CharField(max_length=40)  # before_launch, instance.running, deployment.deleted, test
+    delivery_id = models.CharField(max_length=40, unique=True)  # sent as X-Skyport-Delivery
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=1000, blank=True)  # the veto's words, or what went wrong
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["hook", "-created_at"], name="hook_delivery_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.hook_id}:{self.event}"
+
+
+class UnmanagedServer(TenantModel):
+    """A server found in a cloud account that Skyport did not create (or no longer tracks). Never deleted
+    automatically; an admin may adopt it into a deployment."""
+
+    VIEW_ACTION: ClassVar[str] = "clouds.view"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
+    account = models.ForeignKey("clouds.CloudAccount", on_delete=models.CASCADE, related_name="unmanaged_servers")
+    region = models.CharField(max_length=64)
+    provider_server_id = models.CharField(max_length=255)
+    name = models.CharField(max_length=255, blank=True)
+    state = models.CharField(max_length=20, blank=True)
+    size_id = models.CharField(max_length=255, blank=True)
+    private_ips = models.JSONField(default=list, blank=True)
+    public_ips = models.JSONField(default=list, blank=True)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    adopted_into = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["account_id", "region", "name"]
+        constraints = [
+            models.UniqueConstraint("account", "region", "provider_server_id", name="unmanaged_server_once"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.provider_server_id
+
+
+class SweepState(models.Model):
+    """The reconciler's bookkeeping for one account-region: who holds the sweep (a lease taken by conditional
+    UPDATE, so two workers never sweep the same one), when it last ran and when it is due next."""
+
+    account = models.ForeignKey("clouds.CloudAccount", on_delete=models.CASCADE, related_name="+")
+    region = models.CharField(max_length=64)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    next_sweep_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    failures = models.PositiveSmallIntegerField(default=0)  # consecutive; backs off and feeds account health
+    last_error = models.CharField(max_length=1000, blank=True)
+    servers_seen = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["account_id", "region"]
+        constraints = [models.UniqueConstraint("account", "region", name="sweep_state_once")]
+
+    def __str__(self) -> str:
+        return f"sweep {self.account_id}/{self.region}"

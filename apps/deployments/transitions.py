@@ -8,7 +8,9 @@ import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from apps.deployments.events import deployment_event
 from apps.deployments.models import Deployment, Instance, InstanceTransition
+from apps.deployments.states import InstanceState as S
 from apps.deployments.states import can_move, derive_deployment_state
 
 
@@ -47,24 +49,36 @@ def transition(
     )
     locked.state = to
     locked.state_changed_at = observed_at or now
-    locked.save(update_fields=["state", "state_changed_at", "updated_at"])
+    locked.last_transition_at = now
+    fields = ["state", "state_changed_at", "last_transition_at", "updated_at"]
+    if to != S.ERROR and locked.error:
+        locked.error = ""
+        fields.append("error")
+    elif to == S.ERROR and message:
+        locked.error = message[:1000]
+        fields.append("error")
+    locked.save(update_fields=fields)
     _copy(locked, instance)
-    deployment_refresh_state(locked.deployment_id)
+    deployment = deployment_refresh_state(locked.deployment_id, bump=False)
+    deployment_event(deployment, "transition", instance=locked.pk, state=to, previous=row.from_state)
     return row
 
 
 def _copy(source: Instance, target: Instance) -> None:
     target.state, target.state_changed_at = source.state, source.state_changed_at
+    target.last_transition_at, target.error = source.last_transition_at, source.error
 
 
-def deployment_refresh_state(deployment_id: int) -> Deployment:
-    """Set the deployment's state from its instances (locked, so concurrent transitions agree); bump its event
-    sequence when it changes."""
+def deployment_refresh_state(deployment_id: int, *, bump: bool = True) -> Deployment:
+    """Set the deployment's state from its instances (locked, so concurrent transitions agree). With `bump`, a
+    change is announced as a "state" event; `transition` announces its own event instead, which carries the
+    deployment's state too."""
     deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
     states = Instance.objects.all_tenants().filter(deployment_id=deployment_id).values_list("state", flat=True)
     derived = derive_deployment_state(deployment.state, states)
     if derived != deployment.state:
         deployment.state = derived
-        deployment.sequence += 1
-        deployment.save(update_fields=["state", "sequence", "updated_at"])
+        deployment.save(update_fields=["state", "updated_at"])
+        if bump:
+            deployment_event(deployment, "state")
     return deployment
