@@ -39,7 +39,8 @@ class Deployment(TenantModel):
     catalog_item = models.ForeignKey(
         "catalog.CatalogItem", null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
     )
-    # pinned: a new blueprint version never changes a deployment made from an old one
+    # pinned: a new blueprint version never changes a deployment made from an old one. Neither is set for servers
+    # adopted from a cloud account (they were not launched through Skyport)
     blueprint_version = models.ForeignKey(
         "catalog.BlueprintVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
     )
@@ -72,10 +73,6 @@ class Deployment(TenantModel):
             models.UniqueConstraint(
                 "organization", "created_by", "idempotency_key", condition=Q(idempotency_key__isnull=False),
                 name="deployment_idempotency_key_per_user",
-            ),
-            models.CheckConstraint(
-                condition=Q(catalog_item__isnull=False) | Q(blueprint_version__isnull=False),
-                name="deployment_has_a_source",
             ),
         ]
         permissions = [("operate_deployment", "Start, stop, reboot, resize and delete this deployment")]

@@ -114,10 +114,6 @@ class Migration(migrations.Migration):
             constraint=models.UniqueConstraint(models.F('organization'), models.F('created_by'), models.F('idempotency_key'), condition=models.Q(('idempotency_key__isnull', False)), name='deployment_idempotency_key_per_user'),
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.CheckConstraint(condition=models.Q(('catalog_item__isnull', False), ('blueprint_version__isnull', False), _connector='OR'), name='deployment_has_a_source'),
-        ),
-        migrations.AddConstraint(
             model_name='instance',
             constraint=models.UniqueConstraint(models.F('deployment'), models.F('role'), models.F('index'), name='instance_role_index_in_deployment'),
         ),
