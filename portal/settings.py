@@ -154,11 +154,19 @@ CELERY_BEAT_SCHEDULE = {
     "resume-operations": {"task": "apps.clouds.operations_tasks.operations_resume", "schedule": 30.0},
     "sync-cloud-accounts": {"task": "apps.clouds.tasks.sync_all_accounts", "schedule": 900.0},
     "refresh-catalog-prices": {"task": "apps.catalog.tasks.catalog_prices_refresh", "schedule": 600.0},
+    "expire-approvals": {"task": "apps.deployments.tasks.approvals_expire", "schedule": 60.0},
+    "enforce-leases": {"task": "apps.deployments.tasks.leases_enforce", "schedule": 60.0},
 }
 # task modules outside `<app>.tasks` that workers must load
-CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks"]
+CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks", "apps.deployments.tasks"]
 # operation kind → function called with the operation after each run (the app that started it follows it)
-SKYPORT_OPERATION_FOLLOWERS = {"push_image": "apps.catalog.images.image_copy_follow"}
+SKYPORT_OPERATION_FOLLOWERS = {
+    "push_image": "apps.catalog.images.image_copy_follow",
+    **{kind: "apps.deployments.services.instance_operation_follow" for kind in (
+        "create_server", "delete_server", "start_server", "stop_server", "reboot_server", "resize_server")},
+}
+# launch requests over a catalog item's approval threshold wait this long for a decision
+SKYPORT_APPROVAL_HOURS = env.int("SKYPORT_APPROVAL_HOURS", default=48)
 # operation kind → function giving a local path of the file a step sends, called when the path the operation was
 # started with is not on this worker (a push resumed on another machine fetches the image from the store again)
 SKYPORT_OPERATION_FILE_SOURCES = {"push_image": "apps.catalog.images.image_copy_local_file"}

@@ -55,7 +55,10 @@ Servers
       cidr: 10.0.0.0/8, protocol: tcp}`` (``protocol`` is ``tcp`` or ``udp``, default ``tcp``; ``cidr`` default
       ``0.0.0.0/0``).
     - ``user_data``: the first-boot script (cloud-init), at most 16 KiB. ``{{ name }}`` is replaced by the value
-      of parameter ``name``; nothing else is interpreted (no expressions, filters or code).
+      of parameter ``name``; ``{{ db.private_ip }}`` by an output of server ``db``, which must be listed in
+      ``depends_on`` (outputs: ``private_ip``, ``public_ip`` (of its first instance), ``private_ips``,
+      ``public_ips``, ``names`` (of all its instances, comma-separated)). Nothing else is interpreted (no
+      expressions, filters or code).
     - ``depends_on``: names of servers created before this one. No cycles.
 
 Rules
@@ -104,6 +107,8 @@ HOURS_PER_MONTH = 730
 PARAM_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 REFERENCE_RE = re.compile(r"\{\{\s*(" + PARAM_NAME + r")\s*\}\}")
 ANY_BRACES_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+OUTPUTS = ("private_ip", "public_ip", "private_ips", "public_ips", "names")
+OUTPUT_REF_RE = re.compile(r"\{\{\s*([a-z][a-z0-9-]{0,39})\.([a-z_]+)\s*\}\}")
 COUNT_REF_RE = re.compile(r"^\s*\{\{\s*(" + PARAM_NAME + r")\s*\}\}\s*$")
 PARAMETER_TYPES = ("string", "integer", "number", "boolean", "choice")
 SPREADS = ("accounts", "regions", "none")
@@ -636,7 +641,16 @@ def _check_servers(
         for match in ANY_BRACES_RE.finditer(user_data):
             offset = _user_data_line(root, [*base, "user_data"], user_data, match.start())
             inner = match.group(1).strip()
-            if not re.fullmatch(PARAM_NAME, inner):
+            output = OUTPUT_REF_RE.fullmatch(match.group(0))
+            if output:
+                other, attr = output.groups()
+                if other not in server.get("depends_on", []):
+                    out.append(_issue(root, [*base, "user_data"], f"user_data uses an output of server '{other}': "
+                                      f"add '{other}' to depends_on so it is created first", line_offset=offset))
+                elif attr not in OUTPUTS:
+                    out.append(_issue(root, [*base, "user_data"], f"user_data: server outputs are "
+                                      f"{', '.join(OUTPUTS)}, not '{attr}'", line_offset=offset))
+            elif not re.fullmatch(PARAM_NAME, inner):
                 out.append(_issue(root, [*base, "user_data"], f"user_data: only {{{{ name }}}} substitutions are "
                                   f"supported, not '{{{{{match.group(1)}}}}}'", line_offset=offset))
             elif inner not in params:
@@ -828,6 +842,15 @@ def rendered_user_data_size(template: str, values: dict[str, Any]) -> int:
 def render_user_data(template: str, values: dict[str, Any]) -> str:
     """Replace each `{{ name }}` by the parameter's value. Nothing else is interpreted; an unknown name stays."""
     return REFERENCE_RE.sub(lambda m: _text(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
+def render_outputs(text: str, outputs: dict[str, dict[str, str]]) -> str:
+    """Replace each `{{ server.output }}` by that server's output (addresses known once it runs); unknown ones stay."""
+
+    def value(match: re.Match[str]) -> str:
+        return outputs.get(match.group(1), {}).get(match.group(2), match.group(0))
+
+    return OUTPUT_REF_RE.sub(value, text)
 
 
 def server_count(server: dict[str, Any], values: dict[str, Any]) -> int | None:

@@ -39,6 +39,8 @@ servers:
       write_files:
         - path: /etc/motd
           content: "web server - contact {{ admin_email }}"
+        - path: /etc/app/database-host
+          content: "{{ db.private_ip }}"
     depends_on: [db]
   db:
     image: Debian 12

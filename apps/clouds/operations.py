@@ -235,6 +235,40 @@ def _step_delete(ctx: StepContext) -> dict[str, Any]:
     return {}
 
 
+def _created_by(ctx: StepContext) -> dict[str, str]:
+    """The tags of the create operation named in the params: what it made carries them from its creation."""
+    return {TAG_INSTALLATION: settings.SKYPORT_INSTALLATION_ID, TAG_OPERATION: str(ctx.params["create_operation_id"])}
+
+
+def _step_delete_tagged(ctx: StepContext) -> dict[str, Any]:
+    """Delete whatever a create operation made, found by its tags: used when the create's result never recorded a
+    server id (it was cancelled, or its worker died after the provider call)."""
+    deleted = []
+    for server in ctx.driver.list_servers(tags=_created_by(ctx)):
+        if server.state != ServerState.DELETED:
+            with contextlib.suppress(NotFoundError):
+                ctx.driver.delete_server(server.id)
+            deleted.append(server.id)
+    return {"deleted_server_ids": deleted}
+
+
+def _step_wait_tagged_deleted(ctx: StepContext) -> dict[str, Any]:
+    left = [s for s in ctx.driver.list_servers(tags=_created_by(ctx)) if s.state != ServerState.DELETED]
+    if left:
+        raise NotReady(f"deleted ({len(left)} server(s) still {left[0].state})")
+    return {"state": str(ServerState.DELETED)}
+
+
+def _step_release_tagged_ips(ctx: StepContext) -> dict[str, Any]:
+    """Release every address the create operation allocated, committed or not."""
+    released = []
+    for ip in ctx.driver.list_public_ips(tags=_created_by(ctx)):
+        with contextlib.suppress(NotFoundError):
+            ctx.driver.release_public_ip(ip.id)
+        released.append(ip.id)
+    return {"released_ip_ids": released}
+
+
 def _step_release_ip(ctx: StepContext) -> dict[str, Any]:
     with contextlib.suppress(NotFoundError):
         ctx.driver.release_public_ip(str(ctx.params["public_ip_id"]))
@@ -312,6 +346,9 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "attach_ip": _step_attach_ip,
     "delete": _step_delete,
     "release_ip": _step_release_ip,
+    "delete_tagged": _step_delete_tagged,
+    "wait_tagged_deleted": _step_wait_tagged_deleted,
+    "release_tagged_ips": _step_release_tagged_ips,
     "start": lambda ctx: ctx.driver.start_server(ctx.server_id) or {},
     "stop": lambda ctx: ctx.driver.stop_server(ctx.server_id) or {},
     "reboot": lambda ctx: ctx.driver.reboot_server(ctx.server_id, hard=bool(ctx.params.get("hard"))) or {},
@@ -344,7 +381,12 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
     if kind == "create_server":
         return ["create", "wait_running"] + (["allocate_ip", "attach_ip"] if params.get("want_public_ip") else [])
     if kind == "delete_server":
-        return ["delete", "wait_deleted"] + (["release_ip"] if params.get("public_ip_id") else [])
+        # with a server id: delete it; without one (a create that never recorded it), what the create operation
+        # made is found by its tags. Addresses it allocated are released by their tags too.
+        plan = ["delete", "wait_deleted"] if params.get("server_id") else ["delete_tagged", "wait_tagged_deleted"]
+        plan += ["release_ip"] if params.get("public_ip_id") else []
+        plan += ["release_tagged_ips"] if params.get("create_operation_id") else []
+        return plan
     if kind == "start_server":
         return ["start", "wait_running"]
     if kind == "stop_server":
@@ -571,6 +613,19 @@ def _park(operation: Operation, worker_id: str, wait: NotReady) -> None:
             **({"progress": wait.progress} if wait.progress is not None else {}),
         },
     )
+
+
+def operation_cancel(operation_id: int, message: str = "Cancelled.") -> bool:
+    """Stop an operation no worker is running now (pending, or running with an expired lease): it fails with
+    `message` and no worker takes it again. False when a worker holds it (it finishes its step; the caller follows
+    up when it ends) or it already ended."""
+    now = timezone.now()
+    idle = Q(state=Operation.State.PENDING) | Q(state=Operation.State.RUNNING, lease_expires_at__lt=now)
+    stopped = _rows().filter(pk=operation_id).filter(idle).update(
+        state=Operation.State.FAILED, error=message[:1000], error_kind="cancelled", finished_at=now,
+        next_attempt_at=None, lease_owner="", lease_expires_at=None, updated_at=now,
+    )
+    return stopped == 1
 
 
 def operations_due(*, limit: int = 100) -> list[int]:

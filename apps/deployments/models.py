@@ -148,6 +148,8 @@ class InstanceTransition(TenantModel):
         LEASE = "lease", "Lease expired"
         TIMEOUT = "timeout", "Stuck too long"
         DRIFT = "drift", "Changed outside Skyport"
+        TRANSFER = "transfer", "Handed to another owner"  # from = to: a new snapshot, usage charged to the new owner
+        CANCEL = "cancel", "Cancelled"
 
     organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
     project = models.ForeignKey("accounts.Project", on_delete=models.PROTECT, related_name="+")

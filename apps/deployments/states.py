@@ -36,7 +36,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     S.RESIZING: frozenset({S.RUNNING, S.STOPPED, S.DELETING, S.DELETED, S.ERROR}),
     S.DELETING: frozenset({S.DELETED, S.ERROR}),
     S.DELETED: frozenset(),
-    S.ERROR: frozenset({S.RUNNING, S.STOPPED, S.DELETING, S.DELETED}),
+    # BUILDING: "retry failed servers" creates it again
+    S.ERROR: frozenset({S.BUILDING, S.RUNNING, S.STOPPED, S.DELETING, S.DELETED}),
 }
 # states in which the provider is still moving the instance (the reconciler looks often)
 TRANSITIONAL: frozenset[str] = frozenset({S.PENDING, S.BUILDING, S.STOPPING, S.STARTING, S.REBOOTING, S.RESIZING,
