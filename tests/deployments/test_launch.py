@@ -260,3 +260,38 @@ def test_nobody_approves_their_own_request_and_requests_expire(sam, web, launch_
     assert QuotaReservation.objects.all_tenants().get(deployment=deployment).released_at is not None
     assert set(Instance.objects.all_tenants().filter(deployment=deployment).values_list("state", flat=True)) == {
         "deleted"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, databases=SIM_DATABASES)
+def test_concurrent_launch_requests_against_a_quota_are_exact_and_balance_after_cancels(connor, acme, web,
+                                                                                        launch_world):
+    from django.db import connection
+
+    from apps.deployments.models import Quota
+    from tests.postgres.test_concurrency import race
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite serialises every writer")
+    item = launch_world["items"]["debian-12-server"]
+    item.approval_threshold_monthly = Decimal("0")  # every request waits for an approval: no provider call
+    item.save()
+    Quota.objects.create(organization=acme, project=web, max_instances=5)
+
+    def request(i):
+        return services.deployment_request(actor=connor, project=web, item=item, name=f"race-{i}")[0]
+
+    made, errors = race(20, request)
+    assert len(made) == 5 and len(errors) == 15
+    assert all("instances quota of project Web" in " ".join(e.messages) for e in errors)
+
+    def held():
+        return QuotaReservation.objects.all_tenants().filter(released_at__isnull=True).count()
+
+    assert held() == 5
+    for deployment in made[:2]:
+        services.deployment_cancel(actor=connor, deployment=deployment)
+    assert held() == 3
+    made, errors = race(6, lambda i: request(100 + i))
+    assert (len(made), len(errors), held()) == (2, 4, 5)
+    assert not Operation.objects.all_tenants().filter(kind="create_server").exists()
