@@ -14,6 +14,9 @@ class Command(BaseCommand):
         from apps.catalog.demo import seed_catalog
 
         catalog = seed_catalog()
+        from apps.deployments.demo import seed_deployments
+
+        deployments = seed_deployments()
         ready = f"Demo data ready. Sign in with any of these (password: {DEMO_PASSWORD}):"
         self.stdout.write(self.style.SUCCESS(ready))
         for username, (full_name, grants) in DEMO_USERS.items():
@@ -23,4 +26,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Demo catalog: {catalog['images']} images, {catalog['profiles']} hardware profiles, "
             f"{catalog['items']} catalog items"
+        )
+        self.stdout.write(
+            f"Demo deployments: {deployments['deployments']} ({deployments['active']} active, "
+            f"{deployments['waiting']} waiting for approval)"
         )
