@@ -31,10 +31,10 @@ demo: install
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) portal.asgi:application
 
 test: install
-	$(PYTHON) -m pytest -n 2 -m "not e2e and not postgres and not openstack" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n 2 -m "not e2e and not postgres and not openstack and not worker" $(PYTEST_ARGS)
 
 test-postgres: install
-	$(PYTHON) -m pytest -n 2 -m "not e2e and not openstack" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n 2 -m "not e2e and not openstack and not worker" $(PYTEST_ARGS)
 
 test-e2e: install
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
