@@ -156,9 +156,11 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-catalog-prices": {"task": "apps.catalog.tasks.catalog_prices_refresh", "schedule": 600.0},
     "expire-approvals": {"task": "apps.deployments.tasks.approvals_expire", "schedule": 60.0},
     "enforce-leases": {"task": "apps.deployments.tasks.leases_enforce", "schedule": 60.0},
+    "reconcile": {"task": "apps.deployments.reconciler_tasks.reconcile_tick", "schedule": 5.0},
 }
 # task modules outside `<app>.tasks` that workers must load
-CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks", "apps.deployments.tasks"]
+CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks", "apps.deployments.tasks",
+                  "apps.deployments.reconciler_tasks"]
 # operation kind → function called with the operation after each run (the app that started it follows it)
 SKYPORT_OPERATION_FOLLOWERS = {
     "push_image": "apps.catalog.images.image_copy_follow",
@@ -167,6 +169,11 @@ SKYPORT_OPERATION_FOLLOWERS = {
 }
 # launch requests over a catalog item's approval threshold wait this long for a decision
 SKYPORT_APPROVAL_HOURS = env.int("SKYPORT_APPROVAL_HOURS", default=48)
+# the reconciler: seconds between sweeps of an account-region while something moves or is watched, and otherwise;
+# how long an instance may stay in a transitional state before it is marked as an error
+SKYPORT_SWEEP_FAST_SECONDS = env.int("SKYPORT_SWEEP_FAST_SECONDS", default=5)
+SKYPORT_SWEEP_SLOW_SECONDS = env.int("SKYPORT_SWEEP_SLOW_SECONDS", default=300)
+SKYPORT_STUCK_SECONDS = env.int("SKYPORT_STUCK_SECONDS", default=1800)
 # operation kind → function giving a local path of the file a step sends, called when the path the operation was
 # started with is not on this worker (a push resumed on another machine fetches the image from the store again)
 SKYPORT_OPERATION_FILE_SOURCES = {"push_image": "apps.catalog.images.image_copy_local_file"}

@@ -82,7 +82,12 @@ def login_view(request: PageRequest) -> HttpResponse:
 
 @require_POST
 def logout_view(request: PageRequest) -> HttpResponse:
+    from apps.core.events import send_now, session_group
+
+    key = request.session.session_key
     logout(request)
+    if key:  # the live sockets this browser opened close now, not at their next check
+        send_now(session_group(key), {"type": "session.ended", "reason": "signed out"})
     messages.info(request, "You are signed out.")
     return redirect("accounts:login")
 

@@ -383,10 +383,10 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
     if kind == "delete_server":
         # with a server id: delete it; without one (a create that never recorded it), what the create operation
         # made is found by its tags. Addresses it allocated are released by their tags too.
-        plan = ["delete", "wait_deleted"] if params.get("server_id") else ["delete_tagged", "wait_tagged_deleted"]
-        plan += ["release_ip"] if params.get("public_ip_id") else []
-        plan += ["release_tagged_ips"] if params.get("create_operation_id") else []
-        return plan
+        steps = ["delete", "wait_deleted"] if params.get("server_id") else ["delete_tagged", "wait_tagged_deleted"]
+        steps += ["release_ip"] if params.get("public_ip_id") else []
+        steps += ["release_tagged_ips"] if params.get("create_operation_id") else []
+        return steps
     if kind == "start_server":
         return ["start", "wait_running"]
     if kind == "stop_server":

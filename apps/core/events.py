@@ -16,6 +16,13 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
+def session_group(session_key: str) -> str:
+    """The sockets of one signed-in browser session (ended at sign-out, leaving the user's other sessions open)."""
+    import hashlib
+
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
 def org_group(org_id: int) -> str:
     return f"org.{org_id}"
 

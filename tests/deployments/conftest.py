@@ -15,7 +15,7 @@ from apps.clouds.models import CloudAccount, Operation
 from apps.clouds.sim.models import SimCloud
 from apps.clouds.sim.services import sim_advance
 from tests.catalog.conftest import image_store_dir  # noqa: F401  (a private image store per test)
-from tests.clouds.fixtures_sim import SIM_DATABASES
+from tests.clouds.fixtures_sim import SIM_DATABASES, _close_sim_connection  # noqa: F401  (PostgreSQL teardown)
 
 __all__ = ["SIM_DATABASES"]
 

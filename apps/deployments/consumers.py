@@ -1,0 +1,326 @@
+"""/ws/deployments/: live states of the deployments (and their instances) a user may see.
+
+Messages to the client (JSON, always with "type"):
+  hello             {}                                               once, after the handshake
+  deployment.event  {"deployment", "project", "sequence", "event", "state", "instance", "instance_state",
+                     "previous", "operation"}                       (apps.deployments.events)
+  watching          {"deployment", "sequence", "state"}              answer to "watch"
+  unwatched         {"deployment"}                                   answer to "unwatch"
+  error             {"deployment", "error"}                          a watch refused ("not found"), or a watched
+                                                                     deployment no longer visible
+  pong              {}                                               answer to "ping"
+  access.changed    {}                                               roles changed: the socket now follows what
+                                                                     they allow; reload lists
+  session.ended     {"reason"}    then close 4403                    sign in again
+Messages from the client: {"type": "watch", "deployment": id}, {"type": "unwatch", "deployment": id},
+{"type": "ping"} (every 20 s: it renews the watches' presence, and a session signed out or a token expired since the
+handshake is noticed there and ends the socket).
+
+Without watching anything the socket receives the events of every deployment in the projects where the user holds
+`deployments.view`, or of the whole organisation for organisation roles (a token reaches its own organisation only).
+Watching adds one deployment's group and tells the reconciler someone is looking (it then syncs that deployment
+often). Each event of a deployment carries the next `sequence` of that deployment: a client that sees a jump fetches
+the deployment again (`GET /api/v1/deployments/<id>/`). A user who may see no deployment anywhere is closed with 4403.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.accounts.models import User
+from apps.core.access import forget_access, get_access
+from apps.core.events import session_group, user_group
+from apps.core.ws_auth import CLOSE_FORBIDDEN, SUBPROTOCOL, narrow_to_token
+from apps.deployments.events import deployment_group, org_deployments_group, project_deployments_group
+
+log = logging.getLogger(__name__)
+
+VIEW = "deployments.view"
+EVENT_FIELDS = ("deployment", "project", "sequence", "event", "state", "instance", "instance_state", "previous",
+                "operation")
+# one socket watches the deployments of one page or one CLI session: this bounds groups and presence writes
+MAX_WATCHED = 200
+# the same event reaches a socket once per group it is in (project and watched deployment): numbers remembered
+MAX_REMEMBERED = 2048
+NOT_FOUND = "not found"
+
+
+def _deployment_id(value: Any) -> int | None:
+    """An id as the client sent it (number or digits), or None when it cannot be one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value) or None
+    return None
+
+
+def _touch_presence(deployment_ids: list[int]) -> None:
+    """Tell the reconciler that someone is watching: it then syncs these deployments often. Presence is a hint, so
+    a cache that cannot be reached must not break the socket."""
+    try:
+        from apps.deployments.presence import watch_touch
+    except ImportError:
+        return
+    for deployment_id in deployment_ids:
+        try:
+            watch_touch(deployment_id)
+        except Exception:
+            log.warning("could not record that deployment %s is watched", deployment_id, exc_info=True)
+
+
+class DeploymentConsumer(AsyncJsonWebsocketConsumer):
+    user: Any
+    groups_joined: set[str]
+    watching: set[int]
+    last_sequence: OrderedDict[int, int]
+    token_id: int | None
+    token_organization_id: int | None
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.token_id = self.scope.get("auth_token_id")
+        self.token_organization_id = self.scope.get("auth_token_organization_id")
+        self.groups_joined = set()
+        self.watching = set()
+        self.last_sequence = OrderedDict()
+        offered = self.scope.get("subprotocols") or []
+        await self.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=CLOSE_FORBIDDEN)  # the auth middleware refuses these first; never serve one
+            return
+        # the user's own group first: a session that ends while the deployment groups are joined is not missed
+        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
+        self.session_group = self._session_group()
+        if self.session_group:
+            await self.channel_layer.group_add(self.session_group, self.channel_name)
+        if not await self._still_valid():
+            await self._end(reason="signed out")
+            return
+        groups = await self._groups()
+        if not groups:
+            await self._leave_all()
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self._join(groups)
+        await self.send_json({"type": "hello"})
+
+    async def disconnect(self, code: int) -> None:
+        await self._leave_all()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """The user group also carries notification messages for the notification socket: a message type this
+        consumer has no handler for is not its business, and must not end the socket."""
+        kind = str(message.get("type", ""))
+        try:
+            handled = kind.startswith("websocket.") or hasattr(self, get_handler_name(message))
+        except ValueError:  # a type naming a private method
+            handled = False
+        if handled:
+            await super().dispatch(message)
+        else:
+            log.debug("deployment socket ignores %r messages", kind)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict):
+            await self.send_json({"type": "error", "error": "messages are JSON objects with a type"})
+            return
+        kind = content.get("type")
+        if kind == "ping":
+            # a signed-out session or an expired token has no event of its own: the keepalive is where it shows
+            if not await self._still_valid():
+                await self._end(reason="signed out")
+                return
+            await self.send_json({"type": "pong"})
+            if self.watching:
+                await sync_to_async(_touch_presence)(sorted(self.watching))
+        elif kind == "watch":
+            await self._watch(content.get("deployment"))
+        elif kind == "unwatch":
+            await self._unwatch(content.get("deployment"))
+        else:
+            await self.send_json({"type": "error", "error": "unknown message type"})
+
+    # --- events (type "a.b" arrives at method a_b) ----------------------------------------------------------------
+    async def deployment_event(self, event: dict[str, Any]) -> None:
+        deployment_id, sequence = event.get("deployment"), event.get("sequence")
+        if isinstance(deployment_id, int) and isinstance(sequence, int):
+            if sequence <= self.last_sequence.get(deployment_id, 0):
+                return  # already relayed through another group (or older than what the client was told)
+            self._remember(deployment_id, sequence)
+        await self.send_json({"type": "deployment.event", **{k: event.get(k) for k in EVENT_FIELDS}})
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        await self._refresh_access()
+        groups = await self._groups()
+        if not groups:
+            await self._leave_all()
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        for group in self.groups_joined - groups:
+            if group.startswith("deployment."):
+                continue  # watched deployments are checked one by one below
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined.discard(group)
+        await self._join(groups)
+        visible = await self._visible(self.watching)
+        for deployment_id in sorted(self.watching - visible):
+            await self._drop_watch(deployment_id)
+            await self.send_json({"type": "error", "deployment": deployment_id, "error": NOT_FOUND})
+        # from here on the socket follows the new roles; a list on screen may be missing deployments
+        await self.send_json({"type": "access.changed"})
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        await self._end(reason=event.get("reason", "signed out"))
+
+    async def token_revoked(self, event: dict[str, Any]) -> None:
+        if self.token_id is not None and event.get("token_id") == self.token_id:
+            await self._end(reason="token revoked")
+
+    # --- watching one deployment ----------------------------------------------------------------------------------
+    async def _watch(self, raw: Any) -> None:
+        deployment_id = _deployment_id(raw)
+        echo = raw if isinstance(raw, int | str) and not isinstance(raw, bool) else None
+        if deployment_id is None:
+            await self.send_json({"type": "error", "deployment": echo, "error": NOT_FOUND})
+            return
+        if deployment_id not in self.watching and len(self.watching) >= MAX_WATCHED:
+            await self.send_json({"type": "error", "deployment": deployment_id,
+                                  "error": f"a socket watches at most {MAX_WATCHED} deployments: unwatch some"})
+            return
+        # join before reading: an event committed after the read reaches the socket; one committed before it
+        # carries a number the client is told is already current, and is dropped
+        group = deployment_group(deployment_id)
+        joined_here = group not in self.groups_joined
+        if joined_here:
+            await self.channel_layer.group_add(group, self.channel_name)
+        current = await self._current(deployment_id)
+        if current is None:
+            if joined_here:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            await self.send_json({"type": "error", "deployment": deployment_id, "error": NOT_FOUND})
+            return
+        sequence, state = current
+        self.groups_joined.add(group)
+        self.watching.add(deployment_id)
+        self._remember(deployment_id, max(sequence, self.last_sequence.get(deployment_id, 0)))
+        await self.send_json({"type": "watching", "deployment": deployment_id, "sequence": sequence, "state": state})
+        await sync_to_async(_touch_presence)([deployment_id])
+
+    async def _unwatch(self, raw: Any) -> None:
+        deployment_id = _deployment_id(raw)
+        if deployment_id is not None and deployment_id in self.watching:
+            await self._drop_watch(deployment_id)
+        await self.send_json({"type": "unwatched", "deployment": deployment_id})
+
+    async def _drop_watch(self, deployment_id: int) -> None:
+        self.watching.discard(deployment_id)
+        group = deployment_group(deployment_id)
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined.discard(group)
+
+    def _remember(self, deployment_id: int, sequence: int) -> None:
+        self.last_sequence[deployment_id] = sequence
+        self.last_sequence.move_to_end(deployment_id)
+        while len(self.last_sequence) > MAX_REMEMBERED:
+            self.last_sequence.popitem(last=False)
+
+    # --- helpers --------------------------------------------------------------------------------------------------
+    async def _join(self, groups: set[str]) -> None:
+        for group in groups - self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.add(group)
+
+    async def _leave_all(self) -> None:
+        user = getattr(self, "user", None)
+        groups = set(getattr(self, "groups_joined", set()))
+        if user is not None and user.is_authenticated:
+            groups.add(user_group(user.pk))
+        if getattr(self, "session_group", None):
+            groups.add(self.session_group)
+        for group in groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined = set()
+        self.watching = set()
+
+    def _session_group(self) -> str | None:
+        """A browser's socket also joins its session's group: signing out there closes it at once."""
+        session = self.scope.get("session")
+        key = getattr(session, "session_key", None) if self.token_id is None else None
+        return session_group(key) if key else None
+
+    async def _end(self, **extra: Any) -> None:
+        await self.send_json({"type": "session.ended", **extra})
+        await self._leave_all()
+        await self.close(code=CLOSE_FORBIDDEN)
+
+    @database_sync_to_async
+    def _groups(self) -> set[str]:
+        """Organisation roles see every project of their organisation: one org group instead of one per project (a
+        socket in both would receive each event twice)."""
+        access = get_access(self.user)
+        orgs = access.orgs_allowing(VIEW)
+        projects = {p for p in access.projects_allowing(VIEW) if access.project_roles[p][0] not in orgs}
+        if self.token_organization_id is not None:
+            orgs &= {self.token_organization_id}
+            projects = {p for p in projects if access.project_roles[p][0] == self.token_organization_id}
+        return {org_deployments_group(o) for o in orgs} | {project_deployments_group(p) for p in projects}
+
+    @database_sync_to_async
+    def _current(self, deployment_id: int) -> tuple[int, str] | None:
+        """(sequence, state) of a deployment the user may see, read with fresh memberships; None for one that does
+        not exist and one the user may not see alike."""
+        from apps.deployments.models import Deployment
+
+        self._refresh_access_now()
+        row = Deployment.objects.for_user(self.user, VIEW).filter(pk=deployment_id).values_list("sequence", "state")
+        found = row.first()
+        return (int(found[0]), str(found[1])) if found is not None else None
+
+    @database_sync_to_async
+    def _visible(self, deployment_ids: set[int]) -> set[int]:
+        from apps.deployments.models import Deployment
+
+        if not deployment_ids:
+            return set()
+        rows = Deployment.objects.for_user(self.user, VIEW).filter(pk__in=deployment_ids)
+        return set(rows.values_list("pk", flat=True))
+
+    @database_sync_to_async
+    def _refresh_access(self) -> None:
+        self._refresh_access_now()
+
+    def _refresh_access_now(self) -> None:
+        if self.token_organization_id is not None:
+            narrow_to_token(self.user, self.token_organization_id)
+        else:
+            forget_access(self.user)
+
+    @database_sync_to_async
+    def _still_valid(self) -> bool:
+        """The user is active and the token is live, or the session still exists with the same auth hash (signing
+        out deletes it, a password change or a removed role changes the hash)."""
+        from apps.accounts.models import ApiToken
+
+        current = User._base_manager.filter(pk=self.user.pk, is_active=True).first()
+        if current is None:
+            return False
+        if self.token_id is not None:
+            live = ApiToken._base_manager.filter(pk=self.token_id, revoked_at__isnull=True)
+            return live.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())).exists()
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        if not session_key or not import_module(settings.SESSION_ENGINE).SessionStore().exists(session_key):
+            return False
+        return current.get_session_auth_hash() == self.user.get_session_auth_hash()
