@@ -631,7 +631,8 @@ def _sweep_failed(state: SweepState, worker_id: str, account: CloudAccount, regi
 
 def reconcile_due(*, worker_id: str | None = None, now: datetime.datetime | None = None, limit: int = 50) -> int:
     """Sweep every account-region that is due, each under its own lease. Account-regions with live instances, and
-    every region of an active account, get their SweepState (due at once) the first time they are seen. Returns how many were swept here."""
+    every region of an active account, get their SweepState (due at once) the first time they are seen. Returns how
+    many were swept here."""
     if worker_id is None:
         from apps.clouds.operations_tasks import worker_id as make_worker_id
 
