@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml | $(UV)
 install: $(VENV)/.installed
 	command -v qemu-img >/dev/null || (apt-get update -qq && apt-get install -y -qq qemu-utils)
 
+# the demo's naming-policy hook calls the demo itself on this machine
+demo: export SKYPORT_ALLOWED_PRIVATE_NETWORKS ?= 127.0.0.1/32
+demo: export SKYPORT_DEMO_URL ?= http://$(HOST):$(PORT)
 demo: install
 	$(PYTHON) manage.py generate_fernet_key --write
 	$(PYTHON) manage.py migrate --noinput

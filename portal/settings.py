@@ -157,10 +157,11 @@ CELERY_BEAT_SCHEDULE = {
     "expire-approvals": {"task": "apps.deployments.tasks.approvals_expire", "schedule": 60.0},
     "enforce-leases": {"task": "apps.deployments.tasks.leases_enforce", "schedule": 60.0},
     "reconcile": {"task": "apps.deployments.reconciler_tasks.reconcile_tick", "schedule": 5.0},
+    "resume-hook-deliveries": {"task": "apps.deployments.hook_tasks.hook_deliveries_resume", "schedule": 30.0},
 }
 # task modules outside `<app>.tasks` that workers must load
 CELERY_IMPORTS = ["apps.clouds.operations_tasks", "apps.catalog.tasks", "apps.deployments.tasks",
-                  "apps.deployments.reconciler_tasks"]
+                  "apps.deployments.reconciler_tasks", "apps.deployments.hook_tasks"]
 # operation kind → function called with the operation after each run (the app that started it follows it)
 SKYPORT_OPERATION_FOLLOWERS = {
     "push_image": "apps.catalog.images.image_copy_follow",
@@ -206,8 +207,9 @@ SKYPORT_TOKEN_MAX_DAYS = env.int("SKYPORT_TOKEN_MAX_DAYS", default=365)
 
 # The simulated cloud: the embedded default's cloud, off in production unless asked for.
 SKYPORT_ENABLE_SIM = env.bool("SKYPORT_ENABLE_SIM", default=not REDIS_URL or TESTING)
-# Outbound safety: endpoints (and later image URLs, hooks) resolving to loopback/private/link-local addresses are
-# refused unless they fall in one of these networks (CIDRs). The demo and the tests list their local peers here.
+# Outbound safety: cloud endpoints, image URLs and hooks resolving to loopback/private/link-local addresses are
+# refused unless they fall in one of these networks (CIDRs; hooks never reach link-local ones). The demo (its own
+# naming-policy hook on 127.0.0.1) and the tests list their local peers here.
 SKYPORT_ALLOWED_PRIVATE_NETWORKS = env.list(
     "SKYPORT_ALLOWED_PRIVATE_NETWORKS", default=["127.0.0.0/8", "::1/128"] if TESTING else []
 )

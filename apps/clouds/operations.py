@@ -157,6 +157,7 @@ def _step_create(ctx: StepContext) -> dict[str, Any]:
             size_id=params["size_id"],
             network_id=params.get("network_id"),
             public_key=params.get("public_key"),
+            key_name=params.get("key_name"),
             user_data=params.get("user_data"),
             tags={**params.get("tags", {}), **ours},
             idempotency_token=f"skyport-{settings.SKYPORT_INSTALLATION_ID}-{op.pk}"[:64],
@@ -269,6 +270,11 @@ def _step_release_tagged_ips(ctx: StepContext) -> dict[str, Any]:
     return {"released_ip_ids": released}
 
 
+def _step_delete_key_pair(ctx: StepContext) -> dict[str, Any]:
+    ctx.driver.delete_key_pair(str(ctx.params["key_name"]))
+    return {}
+
+
 def _step_release_ip(ctx: StepContext) -> dict[str, Any]:
     with contextlib.suppress(NotFoundError):
         ctx.driver.release_public_ip(str(ctx.params["public_ip_id"]))
@@ -349,6 +355,7 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "delete_tagged": _step_delete_tagged,
     "wait_tagged_deleted": _step_wait_tagged_deleted,
     "release_tagged_ips": _step_release_tagged_ips,
+    "delete_key_pair": _step_delete_key_pair,
     "start": lambda ctx: ctx.driver.start_server(ctx.server_id) or {},
     "stop": lambda ctx: ctx.driver.stop_server(ctx.server_id) or {},
     "reboot": lambda ctx: ctx.driver.reboot_server(ctx.server_id, hard=bool(ctx.params.get("hard"))) or {},
@@ -386,6 +393,7 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
         steps = ["delete", "wait_deleted"] if params.get("server_id") else ["delete_tagged", "wait_tagged_deleted"]
         steps += ["release_ip"] if params.get("public_ip_id") else []
         steps += ["release_tagged_ips"] if params.get("create_operation_id") else []
+        steps += ["delete_key_pair"] if params.get("delete_key_pair") and params.get("key_name") else []
         return steps
     if kind == "start_server":
         return ["start", "wait_running"]

@@ -6,6 +6,8 @@ Production runs `celery beat` instead and leaves SKYPORT_INPROCESS_SCHEDULER off
 
 from __future__ import annotations
 
+import importlib
+
 import logging
 import threading
 import time
@@ -35,6 +37,8 @@ def run_due(state: dict[str, float], now: float) -> list[str]:
     if not _discovered.is_set():
         # task autodiscovery is lazy (a worker triggers it at start-up): this process imports the tasks modules once
         app.autodiscover_tasks(force=True)
+        for module in settings.CELERY_IMPORTS:  # task modules outside `<app>.tasks`
+            importlib.import_module(module)
         _discovered.set()
     ran = []
     for name, entry in settings.CELERY_BEAT_SCHEDULE.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import logging
 from decimal import Decimal
 from typing import Any
 
@@ -19,12 +20,15 @@ from apps.clouds.models import CloudAccount, Operation
 from apps.clouds.operations_tasks import operations_resume
 from apps.clouds.sim.models import SimCloud
 from apps.clouds.sim.services import sim_advance, sim_fault_add, sim_faults_clear
+from apps.core.permissions import ServiceError
 from apps.deployments import services
+from apps.deployments.demo_hook import DEMO_HOOK_PATH
 from apps.deployments.models import Deployment, Hook, Quota
 from apps.deployments.states import DeploymentState
 
+log = logging.getLogger(__name__)
+
 DEMO_HOOK_NAME = "Acme naming policy"
-DEMO_HOOK_PATH = "/demo/hooks/name-policy/"
 
 
 def _drive(rounds: int = 40) -> None:
@@ -102,8 +106,11 @@ def seed_deployments() -> dict[str, int]:
         from apps.deployments.hooks import hook_create
 
         base = os.environ.get("SKYPORT_DEMO_URL", "http://127.0.0.1:8000").rstrip("/")
-        hook_create(actor=sam, organization=acme, name=DEMO_HOOK_NAME, url=base + DEMO_HOOK_PATH,
-                    phase=Hook.Phase.BEFORE, secret=secrets.token_urlsafe(24), timeout_seconds=5)
+        try:
+            hook_create(actor=sam, organization=acme, name=DEMO_HOOK_NAME, url=base + DEMO_HOOK_PATH,
+                        phase=Hook.Phase.BEFORE, secret=secrets.token_urlsafe(24), timeout_seconds=5)
+        except ServiceError as exc:  # e.g. the demo's own address is not in SKYPORT_ALLOWED_PRIVATE_NETWORKS
+            log.warning("demo hook not created: %s", "; ".join(exc.messages))
     mine = Deployment.objects.all_tenants().filter(organization=acme)
     return {
         "deployments": mine.count(),

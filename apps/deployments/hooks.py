@@ -101,10 +101,9 @@ def hook_verify(
     text = str(timestamp).strip()
     if not re.fullmatch(r"[0-9]{1,12}", text):
         return False
-    if isinstance(now, datetime.datetime):
-        current = int(now.timestamp())
-    else:
-        current = int(time.time() if now is None else now)
+    if now is None:
+        now = time.time()
+    current = int(now.timestamp() if isinstance(now, datetime.datetime) else now)
     if abs(current - int(text)) > tolerance:
         return False
     raw = body.encode() if isinstance(body, str) else bytes(body)
@@ -147,6 +146,8 @@ class _DeadlineSocket:
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self._sock, self._deadline = sock, deadline
+        # like socket.makefile: http.client closes the connection before the answer is read, the reader keeps it
+        self._users = 1
 
     def arm(self) -> None:
         left = self._deadline - time.monotonic()
@@ -163,10 +164,13 @@ class _DeadlineSocket:
         return self._sock.recv_into(buffer)
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        self._users += 1
         return io.BufferedReader(_DeadlineReader(self))
 
     def close(self) -> None:
-        self._sock.close()
+        self._users -= 1
+        if self._users <= 0:
+            self._sock.close()
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -178,6 +182,11 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock.close()
+        super().close()
 
 
 @functools.lru_cache(maxsize=1)
@@ -215,8 +224,12 @@ class _CheckedConnection(http.client.HTTPConnection):
         if sock is None:
             raise last or OSError(f"{self.host} has no address")
         if self._tls:
-            sock.settimeout(self._left())  # the handshake as a whole is bounded by it
-            sock = _tls_context().wrap_socket(sock, server_hostname=self.host)
+            try:
+                sock.settimeout(self._left())  # the handshake as a whole is bounded by it
+                sock = _tls_context().wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
         self.sock = _DeadlineSocket(sock, self._deadline)
 
 
@@ -268,6 +281,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: int) -> _Answ
     except ConnectionRefusedError:
         raise _CallError("the connection was refused") from None
     except (OSError, http.client.HTTPException) as exc:
+        log.debug("hook call failed", exc_info=True)
         raise _CallError(f"the connection failed ({type(exc).__name__})") from None
     finally:
         conn.close()
@@ -778,6 +792,7 @@ def hook_test(*, actor: User, hook: Hook) -> HookDelivery:
             state, message = HookDelivery.State.FAILED, text
         elif allow is False:
             state, message = HookDelivery.State.VETOED, text or "The hook refused (no message)."
+    log.info("hook %s: test delivery %s %s %s", hook.pk, delivery_id, state, message)
     with transaction.atomic():
         delivery = _record(hook, event=TEST_EVENT, delivery_id=delivery_id, payload=payload, outcome=outcome,
                            state=state, message=message)

@@ -539,11 +539,18 @@ def _create_params(deployment: Deployment, instance: Instance, user_data: str) -
         "image_id": instance.provider_image_id,
         "size_id": instance.flavor_id,
         "public_key": deployment.ssh_public_key or None,
+        "key_name": deployment_key_name(deployment) if deployment.ssh_public_key else None,
         "user_data": user_data or None,
         "want_public_ip": bool(instance.ports),
         "tags": {"skyport:deployment": str(deployment.pk), "skyport:instance": str(instance.pk),
                  "skyport:project": str(deployment.project_id)},
     }
+
+
+def deployment_key_name(deployment: Deployment) -> str:
+    """The provider key pair a deployment's public key is imported as (where the provider needs one): its own, so
+    deleting the deployment removes it without touching another deployment's."""
+    return f"skyport-{settings.SKYPORT_INSTALLATION_ID}-d{deployment.pk}"[:255]
 
 
 def _next_key(instance: Instance, action: str) -> str:
@@ -823,6 +830,13 @@ def _start_delete(instance: Instance, *, actor: User | None, then: str = "") -> 
         params["then"] = then
     if not params.get("server_id") and not creates:
         return
+    deployment = Deployment.objects.all_tenants().get(pk=instance.deployment_id)
+    if deployment.ssh_public_key and not then:
+        others = Instance.objects.all_tenants().filter(
+            deployment_id=deployment.pk, account_id=instance.account_id, region=instance.region,
+        ).exclude(pk=instance.pk).exclude(state__in=[S.DELETED, S.DELETING])
+        if not others.exists():  # the last server of the deployment there: its key pair goes too
+            params.update(key_name=deployment_key_name(deployment), delete_key_pair=True)
     _start_operation(instance, "delete_server", params, actor)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from apps.accounts.models import SshKey
 from apps.catalog.models import CatalogItem, CatalogPublication, HardwareProfile, Image, ImageCopy
 from apps.clouds.models import CloudGrant
 from apps.clouds.services import sync_account
@@ -15,6 +16,14 @@ from tests.clouds.test_ec2_image_import import make_account
 from tests.deployments.test_launch import launch
 
 pytestmark = pytest.mark.django_db
+
+
+def new_public_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def boto(moto_ec2, service="ec2"):  # noqa: F811
@@ -62,8 +71,9 @@ def test_launch_stop_start_delete_on_ec2(connor, web, ec2_item, moto_ec2, settin
                                          django_capture_on_commit_callbacks):
     account, item = ec2_item
     settings.SKYPORT_INSTALLATION_ID = "inst-ec2-test"
+    key = SshKey.objects.create(user=connor, name="laptop", public_key=new_public_key(), fingerprint="SHA256:x")
     deployment, created = launch(connor, web, item, "on-ec2", django_capture_on_commit_callbacks,
-                                 account=account)
+                                 account=account, ssh_key=key.pk)
     assert created and deployment.policy == "account"
     settle_now(django_capture_on_commit_callbacks)
     [instance] = deployment.instances.all()
@@ -74,6 +84,10 @@ def test_launch_stop_start_delete_on_ec2(connor, web, ec2_item, moto_ec2, settin
     assert described["State"]["Name"] == "running" and described["InstanceType"] == instance.flavor_id
     tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
     assert tags["skyport:deployment"] == str(deployment.pk) and tags["skyport:installation"] == "inst-ec2-test"
+    # the key went in as the deployment's own key pair
+    key_name = f"skyport-inst-ec2-test-d{deployment.pk}"
+    assert described["KeyName"] == key_name
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == [key_name]
 
     with django_capture_on_commit_callbacks(execute=True):
         services.instance_action(actor=connor, instance=instance, action="stop")
@@ -94,4 +108,5 @@ def test_launch_stop_start_delete_on_ec2(connor, web, ec2_item, moto_ec2, settin
     states = [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert states and set(states) == {"terminated"}
     assert ec2.describe_addresses()["Addresses"] == []
+    assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert QuotaReservation.objects.all_tenants().get(deployment=deployment).released_at is not None

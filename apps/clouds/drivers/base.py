@@ -147,6 +147,9 @@ class CreateServer:
     size_id: str
     network_id: str | None = None
     public_key: str | None = None
+    # the key pair to import `public_key` under, where the provider needs one: one per deployment, so deleting the
+    # deployment removes it (delete_key_pair). None: the driver names it after the key.
+    key_name: str | None = None
     user_data: str | None = None
     # the installation id and operation id go here (skyport:installation, skyport:operation): a retry after a
     # crash finds what the first attempt created instead of creating a second server
@@ -277,6 +280,9 @@ class CloudDriver(ABC):
 
     @abstractmethod
     def console(self, server_id: str) -> Console: ...
+
+    def delete_key_pair(self, name: str) -> None:  # noqa: B027 (providers without key pairs have nothing to do)
+        """Remove a key pair Skyport imported (see CreateServer.key_name). One already gone is not an error."""
 
     # public addresses
     @abstractmethod

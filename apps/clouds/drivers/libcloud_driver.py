@@ -917,18 +917,19 @@ class EC2Driver(LibcloudDriver):
             raise NotFoundError(f"EC2 has no instance {server_id}.", provider_code="InvalidInstanceID.NotFound")
         return nodes[0]
 
-    def _key_name(self, public_key: str) -> str:
-        """The EC2 key pair holding this public key: an existing one with the same fingerprint, else imported under a
-        name derived from the fingerprint (so a retry after a crash finds it by name)."""
+    def _key_name(self, public_key: str, wanted: str | None = None) -> str:
+        """The EC2 key pair holding this public key: imported under `wanted` (a retry finds it by that name), else an
+        existing one with the same fingerprint, else imported under a name derived from the fingerprint."""
         nd = self.node_driver
         try:
             fingerprint = get_pubkey_ssh2_fingerprint(public_key)
         except Exception:
             raise InvalidRequestError("The SSH public key is not a valid OpenSSH public key.") from None
-        for pair in nd.list_key_pairs():
-            if pair.fingerprint == fingerprint:
-                return str(pair.name)
-        name = "skyport-" + fingerprint.replace(":", "")
+        if wanted is None:
+            for pair in nd.list_key_pairs():
+                if pair.fingerprint == fingerprint:
+                    return str(pair.name)
+        name = wanted or "skyport-" + fingerprint.replace(":", "")
         try:
             nd.import_key_pair_from_string(name, public_key)
         except BaseHTTPError as exc:
@@ -953,9 +954,17 @@ class EC2Driver(LibcloudDriver):
             kwargs["ex_assign_public_ip"] = request.want_public_ip
         with self._errors("launching the instance"):
             if request.public_key:
-                kwargs["ex_keyname"] = self._key_name(request.public_key)
+                kwargs["ex_keyname"] = self._key_name(request.public_key, request.key_name)
             node = nd.create_node(**kwargs)
         return self._to_server(node)
+
+    def delete_key_pair(self, name: str) -> None:
+        with self._errors("deleting the key pair"):
+            try:
+                self.node_driver.delete_key_pair(SimpleNamespace(name=name))
+            except BaseHTTPError as exc:
+                if "InvalidKeyPair.NotFound" not in str(exc.message):
+                    raise
 
     def get_server(self, server_id: str) -> Server:
         return self._to_server(self._node(server_id))

@@ -406,9 +406,9 @@ class OpenStackDriver(CloudDriver):
             fault=str(fault.get("message") or "") if state == ServerState.ERROR else "",
         )
 
-    def _key_name(self, public_key: str) -> str:
-        """Import the key once per project (named by its fingerprint) and reuse it."""
-        name = "skyport-" + hashlib.sha256(public_key.strip().encode()).hexdigest()[:16]
+    def _key_name(self, public_key: str, wanted: str | None = None) -> str:
+        """Import the key under `wanted`, or once per project named by its fingerprint and reused."""
+        name = wanted or "skyport-" + hashlib.sha256(public_key.strip().encode()).hexdigest()[:16]
         from openstack import exceptions as os_exc
 
         with self._errors("import the key pair"):
@@ -439,7 +439,7 @@ class OpenStackDriver(CloudDriver):
             "tags": tags,
         }
         if request.public_key:
-            attrs["key_name"] = self._key_name(request.public_key)
+            attrs["key_name"] = self._key_name(request.public_key, request.key_name)
         if request.user_data:
             attrs["user_data"] = base64.b64encode(request.user_data.encode()).decode()
         with self._errors("create the server"):
@@ -493,6 +493,10 @@ class OpenStackDriver(CloudDriver):
     def delete_server(self, server_id: str) -> None:
         with self._errors(f"delete server {server_id}"):
             self.conn.compute.delete_server(server_id, ignore_missing=False)
+
+    def delete_key_pair(self, name: str) -> None:
+        with self._errors("delete the key pair"):
+            self.conn.compute.delete_keypair(name, ignore_missing=True)
 
     def console(self, server_id: str) -> Console:
         from openstack import exceptions as os_exc
