@@ -7,7 +7,6 @@ Production runs `celery beat` instead and leaves SKYPORT_INPROCESS_SCHEDULER off
 from __future__ import annotations
 
 import importlib
-
 import logging
 import threading
 import time

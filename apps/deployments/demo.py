@@ -5,9 +5,9 @@ itself that vetoes names containing "forbidden". Idempotent: deployments that ex
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import secrets
-import logging
 from decimal import Decimal
 from typing import Any
 

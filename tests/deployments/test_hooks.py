@@ -721,7 +721,6 @@ def test_demo_receiver_end_to_end_over_http(settings, personas, deployment_facto
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     from asgiref.sync import async_to_sync
-
     from django.core.handlers.wsgi import WSGIRequest
     from django.db import connections
 
