@@ -151,7 +151,8 @@ CELERY_TASK_DEFAULT_QUEUE = "skyport"
 CELERY_BEAT_SCHEDULE = {
     "expire-memberships": {"task": "apps.accounts.tasks.expire_memberships", "schedule": 60.0},
     "prune-notifications": {"task": "apps.accounts.tasks.prune_notifications", "schedule": 3600.0},
-    "resume-operations": {"task": "apps.clouds.operations_tasks.operations_resume", "schedule": 30.0},
+    # parked operations come back with a Celery eta; this catches the rest (and is how the embedded default resumes)
+    "resume-operations": {"task": "apps.clouds.operations_tasks.operations_resume", "schedule": 5.0},
     "sync-cloud-accounts": {"task": "apps.clouds.tasks.sync_all_accounts", "schedule": 900.0},
     "refresh-catalog-prices": {"task": "apps.catalog.tasks.catalog_prices_refresh", "schedule": 600.0},
     "expire-approvals": {"task": "apps.deployments.tasks.approvals_expire", "schedule": 60.0},
