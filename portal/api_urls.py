@@ -12,6 +12,7 @@ from apps.accounts.api import views as accounts
 from apps.catalog.api import views as catalog
 from apps.clouds.api import views as clouds
 from apps.core.api.audit import AuditEventViewSet
+from apps.deployments.api import views as deployments
 
 app_name = "api"
 
@@ -54,6 +55,13 @@ router.register("hardware-profiles", catalog.HardwareProfileViewSet, basename="h
 router.register("blueprints", catalog.BlueprintViewSet, basename="blueprint")
 router.register("blueprint-versions", catalog.BlueprintVersionViewSet, basename="blueprint-version")
 router.register("catalog-items", catalog.CatalogItemViewSet, basename="catalog-item")
+router.register("deployments", deployments.DeploymentViewSet, basename="deployment")
+router.register("instances", deployments.InstanceViewSet, basename="instance")
+router.register("quotas", deployments.QuotaViewSet, basename="quota")
+router.register("hooks", deployments.HookViewSet, basename="hook")
+router.register("hook-deliveries", deployments.HookDeliveryViewSet, basename="hook-delivery")
+router.register("approvals", deployments.ApprovalViewSet, basename="approval")
+router.register("operations", deployments.OperationViewSet, basename="operation")
 router.register_view("me", "me")
 
 urlpatterns = [

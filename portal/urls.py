@@ -7,6 +7,7 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("clouds/", include("apps.clouds.urls")),
     path("catalog/", include("apps.catalog.urls")),
+    path("deployments/", include("apps.deployments.urls")),
     path("api/v1/", include("portal.api_urls")),
     # the demo's own before-launch hook receiver (authenticated by the hook's signature)
     path("demo/hooks/name-policy/", demo_hook.name_policy, name="demo-hook-name-policy"),

@@ -23,10 +23,14 @@ from apps.accounts.models import ApiToken, Invitation, Membership, Notification,
 from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Network
 from apps.core.models import AuditEvent
 from tests.catalog.walk import CATALOG_MODELS, catalog_routes, catalog_world
+from tests.deployments import walk_api as deployments_api
+from tests.deployments.walk_pages import DEPLOYMENT_MODELS, deployments_world
+from tests.deployments.walk_pages import ROUTES as DEPLOYMENT_PAGE_ROUTES
 
 MARK = "ACMEMARK"
 TENANT_MODELS = (Organization, Project, Membership, Invitation, ApiToken, Notification, AuditEvent, CloudAccount,
-                 CloudGrant, Flavor, CloudImage, Network, *CATALOG_MODELS)
+                 CloudGrant, Flavor, CloudImage, Network, *CATALOG_MODELS, *DEPLOYMENT_MODELS,
+                 *deployments_api.API_MODELS)
 
 
 def all_routes() -> dict[str, str]:
@@ -125,6 +129,8 @@ ROUTES: dict[str, Route] = {
 }
 
 ROUTES.update({name: Route(**kwargs) for name, kwargs in catalog_routes().items()})
+ROUTES.update({name: Route(**kwargs) for name, kwargs in DEPLOYMENT_PAGE_ROUTES.items()})
+ROUTES.update({name: Route(**kwargs) for name, kwargs in deployments_api.ROUTES.items()})
 
 EXCLUDED: dict[str, str] = {
     "accounts:login": "public sign-in page; covered by tests/pages/test_auth.py",
@@ -155,9 +161,13 @@ def world(personas, acme, web, data, sam, connor, vera):
     Organization.objects.all_tenants().filter(pk=acme.pk).update(name=f"Acme {MARK}")
     acme.refresh_from_db()
     cloud = _acme_cloud(acme, web)
+    catalog = catalog_world(MARK, acme, web, data, cloud["cloud_account"])
+    deployments = deployments_world(MARK, acme, web, cloud["cloud_account"], connor)
     return {
         **cloud,
-        **catalog_world(MARK, acme, web, data, cloud["cloud_account"]),
+        **catalog,
+        **deployments,
+        **deployments_api.api_world(MARK, deployments),
         "organization": acme,
         "project": web,
         "membership": Membership.objects.all_tenants().get(user=vera, project=web),

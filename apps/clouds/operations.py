@@ -408,6 +408,8 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
     if kind == "resize_server":
         plan: list[str] = []
         for step in driver_class(driver_kind).resize_steps:
+            if params.get("keep_stopped") and step in ("stop", "start"):
+                continue  # a stopped server is resized as it is and stays stopped
             plan += [f"resize:{step}", f"resize:wait_{step}"]
         return [*plan, "verify_size"]
     raise ValueError(f"unknown operation kind {kind!r}")

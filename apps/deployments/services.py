@@ -152,16 +152,16 @@ def _server_plans(item: CatalogItem | None, version: BlueprintVersion | None, *,
     for role in server_order(spec):
         server = servers[role]
         count = server_count(server, values)
-        image, profile = images.get(server.get("image_id")), profiles.get(server.get("profile_id"))
+        image, server_profile = images.get(server.get("image_id")), profiles.get(server.get("profile_id"))
         if count is None or count < 1:
             raise _invalid("parameters", f"Server {role}: count has no valid value.")
-        if image is None or profile is None:
+        if image is None or server_profile is None:
             raise _invalid("catalog_item", f"Server {role}: its image or hardware profile no longer exists.")
         total += count
         if total > MAX_INSTANCES:
             raise _invalid("parameters", f"A launch makes at most {MAX_INSTANCES} servers.")
         plans.append(ServerPlan(
-            role, count, image, profile, spread=(server.get("placement") or {}).get("spread", "none"),
+            role, count, image, server_profile, spread=(server.get("placement") or {}).get("spread", "none"),
             user_data=render_user_data(server.get("user_data", ""), values), ports=list(server.get("ports", [])),
             depends_on=list(server.get("depends_on", [])),
         ))
@@ -358,7 +358,7 @@ def deployment_request(
                         "hourly": str(hourly) if hourly is not None else None})
     threshold = item.approval_threshold_monthly if item is not None else None
     monthly = (hourly or Decimal(0)) * HOURS_PER_MONTH
-    if threshold is not None and (threshold == 0 or monthly > threshold):
+    if item is not None and threshold is not None and (threshold == 0 or monthly > threshold):
         reason = (f"${monthly.quantize(Decimal('0.01'))} a month, over the ${threshold} threshold of {item.name}"
                   if threshold else f"{item.name} always needs an approval")
         _approval_open(deployment, actor, reason)
@@ -741,8 +741,21 @@ def _recreate(deployment: Deployment, instance: Instance) -> None:
 
 
 # --- lifecycle --------------------------------------------------------------------------------------------------
+def deployment_can_operate(user: User, deployment: Deployment) -> bool:
+    """A project role with deployments.operate reaches the deployments the user owns; somebody else's need an org
+    role with the action or a per-object grant (django-guardian `operate_deployment`), as docs/roles.md says."""
+    access = get_access(user)
+    if not access.can_on("deployments.operate", deployment.project):
+        return False
+    if deployment.owner_id == user.pk or deployment.organization_id in access.orgs_allowing("deployments.operate"):
+        return True
+    return bool(user.has_perm("deployments.operate_deployment", deployment))
+
+
 def _require_operate(actor: User, deployment: Deployment) -> None:
-    require(actor, "deployments.operate", deployment.project)
+    if not deployment_can_operate(actor, deployment):
+        raise PermissionDenied("You may operate only your own deployments here (deployments.operate): ask its "
+                               "owner or an organisation admin.")
 
 
 def _busy(instance: Instance) -> bool:
@@ -753,11 +766,11 @@ def _busy(instance: Instance) -> bool:
 def _resize_target(instance: Instance, size: str) -> tuple[HardwareProfile, Flavor]:
     profile = _profile_by_size(instance.organization_id, size)
     account = CloudAccount.objects.all_tenants().get(pk=instance.account_id)
-    fits = [f for f in profile_mapping(profile, organization=account.organization, image=instance.image)
-            if f.account.pk == instance.account_id and f.region == instance.region and f.flavor is not None]
-    if not fits:
+    flavors = [f.flavor for f in profile_mapping(profile, organization=account.organization, image=instance.image)
+               if f.account.pk == instance.account_id and f.region == instance.region and f.flavor is not None]
+    if not flavors or flavors[0] is None:
         raise _invalid("size", f"{account.name}/{instance.region} has no flavor for {profile.name}.")
-    return profile, fits[0].flavor
+    return profile, flavors[0]
 
 
 def instance_action(*, actor: User | None, instance: Instance, action: str, size: str | None = None,
@@ -804,6 +817,8 @@ def instance_action(*, actor: User | None, instance: Instance, action: str, size
                     raise _invalid("size", exc.messages[0]) from None
         if action == "reboot":
             params["hard"] = False
+        if action == "resize" and locked.state == S.STOPPED:
+            params["keep_stopped"] = True  # no stop before, no start after: it stays stopped (and free)
         _start_operation(locked, kind, params, actor)
         transition(locked, to=moving, cause=cause)
         if actor is not None:

@@ -22,6 +22,7 @@ from apps.clouds.models import CloudAccount, CloudGrant, CloudImage, Flavor, Net
 from apps.core.models import AuditEvent
 from portal.api_urls import router
 from tests.catalog.walk import catalog_world
+from tests.deployments.walk_api import isolation_samples
 
 
 def _membership(ctx):
@@ -124,6 +125,7 @@ SAMPLES = {
     "blueprint": (Blueprint, _catalog("blueprint"), None, {"name": "Hacked"}),
     "blueprint-version": (BlueprintVersion, _catalog("blueprint_version"), None, {}),
     "catalog-item": (CatalogItem, _catalog("catalog_item"), None, {"name": "Hacked"}),
+    **isolation_samples(),
 }
 
 

@@ -65,4 +65,11 @@ def test_api_root_lists_every_endpoint(api, sam):
         "blueprints",
         "blueprint-versions",
         "catalog-items",
+        "deployments",
+        "instances",
+        "quotas",
+        "hooks",
+        "hook-deliveries",
+        "approvals",
+        "operations",
     }

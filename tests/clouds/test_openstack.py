@@ -204,6 +204,29 @@ def test_key_pair_is_imported_once_and_user_data_is_accepted(openstack_stack):
 
 
 @openstack
+def test_a_named_key_pair_is_the_deployments_own_and_is_deleted_with_it(openstack_stack):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from openstack import exceptions as os_exc
+
+    public_key = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    driver = openstack_stack.driver()
+    name = f"skyport-test-d{uuid.uuid4().hex[:8]}"
+    server = driver.create_server(_request(openstack_stack, public_key=public_key, key_name=name)[0])
+    assert driver.conn.compute.get_server(server.id).key_name == name
+    driver.delete_server(server.id)
+    driver.delete_key_pair(name)
+    with pytest.raises(os_exc.NotFoundException):
+        driver.conn.compute.get_keypair(name)
+    driver.delete_key_pair(name)  # already gone: not an error
+
+
+@openstack
 def test_console_is_a_novnc_url(openstack_stack):
     driver = openstack_stack.driver()
     server = driver.create_server(_request(openstack_stack)[0])

@@ -163,3 +163,37 @@ def test_launching_twice_creates_one_server(connor, web, launch_world, settle, d
     assert Operation.objects.all_tenants().filter(kind="create_server").count() == 1
     servers = [s for s in SimServer.objects.all() if s.tags.get("skyport:deployment") == str(deployment.pk)]
     assert len(servers) == 1
+
+
+def test_resizing_a_stopped_server_keeps_it_stopped(connor, running, settle, django_capture_on_commit_callbacks):
+    deployment, instance = running
+    act(django_capture_on_commit_callbacks, services.instance_action, actor=connor, instance=instance, action="stop")
+    settle()
+    act(django_capture_on_commit_callbacks, services.instance_action, actor=connor, instance=instance,
+        action="resize", size="medium")
+    op = Operation.objects.all_tenants().filter(kind="resize_server").get()
+    assert not any(step in op.steps for step in ("resize:stop", "resize:start"))
+    settle()
+    instance.refresh_from_db()
+    assert (instance.state, instance.size) == ("stopped", "medium")
+    assert SimServer.objects.get(server_id=instance.provider_server_id).state == "stopped"
+
+
+def test_a_member_operates_only_their_own_deployments(connor, dennis, sam, running, settle,
+                                                      django_capture_on_commit_callbacks):
+    from django.core.exceptions import PermissionDenied
+    from guardian.shortcuts import assign_perm
+
+    deployment, instance = running
+    with pytest.raises(PermissionDenied, match="only your own"):  # dennis: designer in web, not the owner
+        services.instance_action(actor=dennis, instance=instance, action="stop")
+    assert not Operation.objects.all_tenants().filter(kind="stop_server").exists()
+    assign_perm("deployments.operate_deployment", dennis, deployment)  # an explicit grant
+    act(django_capture_on_commit_callbacks, services.instance_action, actor=dennis, instance=instance,
+        action="stop")
+    settle()
+    act(django_capture_on_commit_callbacks, services.instance_action, actor=sam, instance=instance,
+        action="start")  # an org admin operates anyone's
+    settle()
+    instance.refresh_from_db()
+    assert instance.state == "running"

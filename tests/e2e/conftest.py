@@ -3,6 +3,7 @@ file-based SQLite database seeded with the demo, so websockets and live updates 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +35,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def running_server(workdir: Path, **extra_env: str) -> Iterator[dict]:
+    """daphne serving Skyport from `workdir` (its own SQLite files and image store), seeded with the demo."""
     os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    workdir = tmp_path_factory.mktemp("e2e")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{workdir / 'e2e.sqlite3'}",
@@ -44,20 +48,20 @@ def server(tmp_path_factory):
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SKYPORT_INPROCESS_SCHEDULER": "0",
         "SKYPORT_IMAGE_DIR": str(workdir / "images"),
+        "SKYPORT_DEMO_URL": url,  # the demo's naming-policy hook calls this server
         "LOG_LEVEL": "WARNING",
+        **extra_env,
     }
     env.pop("REDIS_URL", None)
     python = sys.executable
     # the sim cloud keeps its state on its own connection (its own file on SQLite): migrate it too
     for cmd in (["migrate", "--noinput", "-v0"], ["migrate", "--database", "sim", "--noinput", "-v0"], ["seed_demo"]):
         subprocess.run([python, "manage.py", *cmd], cwd=ROOT, env=env, check=True, capture_output=True)
-    port = _free_port()
     log = open(workdir / "daphne.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -68,13 +72,29 @@ def server(tmp_path_factory):
                 proc.kill()
                 raise RuntimeError("daphne did not start: " + (workdir / "daphne.log").read_text()[-2000:]) from None
             time.sleep(0.2)
-    yield {"url": url, "env": env, "workdir": workdir}
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield {"url": url, "env": env, "workdir": workdir}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("e2e")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """A second server whose periodic work runs in-process, as in the demo: operations resume and the reconciler
+    sweeps inside the server, so launches reach running and their events reach the browser."""
+    with running_server(tmp_path_factory.mktemp("e2e-live"), SKYPORT_INPROCESS_SCHEDULER="1") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -89,14 +109,11 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def login(server, browser):
-    """login(username, **context_options) → a Playwright page signed in as that demo user; console errors are
-    collected in page.console_errors."""
+def _signed_in(browser, base_url: str):
     contexts = []
 
     def make(username: str, **options):
-        context = browser.new_context(base_url=server["url"], **options)
+        context = browser.new_context(base_url=base_url, **options)
         contexts.append(context)
         page = context.new_page()
         page.console_errors = []
@@ -109,6 +126,23 @@ def login(server, browser):
         page.wait_for_load_state("networkidle")
         return page
 
+    return make, contexts
+
+
+@pytest.fixture
+def login(server, browser):
+    """login(username, **context_options) → a Playwright page signed in as that demo user; console errors are
+    collected in page.console_errors."""
+    make, contexts = _signed_in(browser, server["url"])
+    yield make
+    for c in contexts:
+        c.close()
+
+
+@pytest.fixture
+def live_login(live_server, browser):
+    """`login` on the live server."""
+    make, contexts = _signed_in(browser, live_server["url"])
     yield make
     for c in contexts:
         c.close()
