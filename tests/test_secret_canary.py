@@ -91,3 +91,51 @@ def test_canary_secret_never_leaves(client, api, sam, sarah, acme, web, caplog, 
     # at rest it is encrypted, and only the last four characters are kept in clear
     account = CloudAccount.objects.all_tenants().get(pk=account_id)
     assert api_canary not in account.credentials_encrypted and account.credentials_hint == api_canary[-4:]
+
+
+def test_hook_secret_never_leaves(client, api, sam, acme, caplog, settings, django_capture_on_commit_callbacks):
+    """Launch hook secrets: created through the API and the pages, rotated, tested (a delivery that fails, and its
+    error), then every hook page and API answer, the audit trail and the logs are searched."""
+    from apps.deployments.models import Hook, HookDelivery
+
+    caplog.set_level(logging.DEBUG)
+    settings.SKYPORT_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.0/8"]
+    api_canary, page_canary, rotated = ("CANARY-" + secrets.token_hex(12) for _ in range(3))
+    outputs: list[str] = []
+    admin = api(sam)
+    url = "http://127.0.0.1:9/hook"  # discard port: nothing answers, so the test delivery fails with an error
+    created = admin.post("/api/v1/hooks/", {"organization": acme.pk, "name": "canary-api-hook", "url": url,
+                                           "phase": "after_launch", "secret": api_canary}, format="json")
+    assert created.status_code == 201, created.content
+    hook_id = created.json()["id"]
+    outputs.append(_text(created))
+    client.force_login(sam)
+    outputs.append(_text(client.post("/deployments/hooks/", {
+        "name": "canary-page-hook", "url": url, "phase": "before_launch", "secret": page_canary,
+        "timeout_seconds": 2, "is_enabled": "on"}, follow=True)))
+    page_hook = Hook.objects.all_tenants().get(name="canary-page-hook")
+    outputs.append(_text(admin.patch(f"/api/v1/hooks/{hook_id}/", {"secret": rotated}, format="json")))
+    with django_capture_on_commit_callbacks(execute=True):
+        outputs.append(_text(admin.post(f"/api/v1/hooks/{hook_id}/test/")))
+        outputs.append(_text(client.post(f"/deployments/hooks/{page_hook.pk}/test/", follow=True)))
+    assert HookDelivery.objects.all_tenants().filter(hook_id__in=[hook_id, page_hook.pk]).count() == 2
+    for path in ("/api/v1/hooks/", f"/api/v1/hooks/{hook_id}/", "/api/v1/hook-deliveries/",
+                 "/api/v1/audit-events/", "/api/v1/audit-events/export/"):
+        response = admin.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        outputs.append(_text(response))
+    for path in ("/deployments/hooks/", f"/deployments/hooks/{page_hook.pk}/edit/", "/audit/", "/audit/export.csv"):
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        outputs.append(_text(response))
+
+    stored = " ".join(str(e.changes) + e.object_label for e in AuditEvent.objects.all_tenants())
+    stored += " ".join(str(d.payload) + d.message for d in HookDelivery.objects.all_tenants())
+    logs = "\n".join(r.getMessage() + str(r.args) + str(getattr(r, "exc_text", "")) for r in caplog.records)
+    haystacks = {"responses": "\n".join(outputs), "stored": stored, "logs": logs + caplog.text}
+    assert "canary-api-hook" in haystacks["responses"] and "canary-page-hook" in haystacks["responses"]
+    for where, text in haystacks.items():
+        for canary in (api_canary, page_canary, rotated):
+            assert canary not in text, f"a hook secret leaked into {where}"
+    hook = Hook.objects.all_tenants().get(pk=hook_id)
+    assert rotated not in hook.secret_encrypted and hook.secret_last4 == rotated[-4:]
