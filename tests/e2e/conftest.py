@@ -90,7 +90,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory):
+def scheduled_server(tmp_path_factory):
     """A second server whose periodic work runs in-process, as in the demo: operations resume and the reconciler
     sweeps inside the server, so launches reach running and their events reach the browser."""
     with running_server(tmp_path_factory.mktemp("e2e-live"), SKYPORT_INPROCESS_SCHEDULER="1") as running:
@@ -140,9 +140,9 @@ def login(server, browser):
 
 
 @pytest.fixture
-def live_login(live_server, browser):
+def scheduled_login(scheduled_server, browser):
     """`login` on the live server."""
-    make, contexts = _signed_in(browser, live_server["url"])
+    make, contexts = _signed_in(browser, scheduled_server["url"])
     yield make
     for c in contexts:
         c.close()
