@@ -158,6 +158,7 @@ def _step_create(ctx: StepContext) -> dict[str, Any]:
             network_id=params.get("network_id"),
             public_key=params.get("public_key"),
             key_name=params.get("key_name"),
+            firewall_id=ctx.result.get("firewall_id"),
             user_data=params.get("user_data"),
             tags={**params.get("tags", {}), **ours},
             idempotency_token=f"skyport-{settings.SKYPORT_INSTALLATION_ID}-{op.pk}"[:64],
@@ -270,6 +271,18 @@ def _step_release_tagged_ips(ctx: StepContext) -> dict[str, Any]:
     return {"released_ip_ids": released}
 
 
+def _step_firewall(ctx: StepContext) -> dict[str, Any]:
+    """Open the server's ports: the named firewall (security group), found again by its name on a retry."""
+    spec = ctx.params["firewall"]
+    tags = {**operation_tags(ctx.operation), **ctx.params.get("tags", {})}
+    return {"firewall_id": ctx.driver.ensure_firewall(str(spec["name"]), list(spec.get("rules", [])), tags=tags)}
+
+
+def _step_delete_firewall(ctx: StepContext) -> dict[str, Any]:
+    ctx.driver.delete_firewall(str(ctx.params["firewall_name"]))
+    return {}
+
+
 def _step_delete_key_pair(ctx: StepContext) -> dict[str, Any]:
     ctx.driver.delete_key_pair(str(ctx.params["key_name"]))
     return {}
@@ -356,6 +369,8 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "wait_tagged_deleted": _step_wait_tagged_deleted,
     "release_tagged_ips": _step_release_tagged_ips,
     "delete_key_pair": _step_delete_key_pair,
+    "firewall": _step_firewall,
+    "delete_firewall": _step_delete_firewall,
     "start": lambda ctx: ctx.driver.start_server(ctx.server_id) or {},
     "stop": lambda ctx: ctx.driver.stop_server(ctx.server_id) or {},
     "reboot": lambda ctx: ctx.driver.reboot_server(ctx.server_id, hard=bool(ctx.params.get("hard"))) or {},
@@ -386,11 +401,13 @@ KINDS = (
 def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> list[str]:
     """The steps of an operation of this kind, for this provider."""
     if kind == "create_server":
-        return ["create", "wait_running"] + (["allocate_ip", "attach_ip"] if params.get("want_public_ip") else [])
+        return ((["firewall"] if params.get("firewall") else []) + ["create", "wait_running"]
+                + (["allocate_ip", "attach_ip"] if params.get("want_public_ip") else []))
     if kind == "delete_server":
         # with a server id: delete it; without one (a create that never recorded it), what the create operation
         # made is found by its tags. Addresses it allocated are released by their tags too.
         steps = ["delete", "wait_deleted"] if params.get("server_id") else ["delete_tagged", "wait_tagged_deleted"]
+        steps += ["delete_firewall"] if params.get("firewall_name") else []
         steps += ["release_ip"] if params.get("public_ip_id") else []
         steps += ["release_tagged_ips"] if params.get("create_operation_id") else []
         steps += ["delete_key_pair"] if params.get("delete_key_pair") and params.get("key_name") else []

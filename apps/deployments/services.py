@@ -542,9 +542,15 @@ def _create_params(deployment: Deployment, instance: Instance, user_data: str) -
         "key_name": deployment_key_name(deployment) if deployment.ssh_public_key else None,
         "user_data": user_data or None,
         "want_public_ip": bool(instance.ports),
+        **({"firewall": {"name": firewall_name(instance), "rules": instance.ports}} if instance.ports else {}),
         "tags": {"skyport:deployment": str(deployment.pk), "skyport:instance": str(instance.pk),
                  "skyport:project": str(deployment.project_id)},
     }
+
+
+def firewall_name(instance: Instance) -> str:
+    """The provider firewall (security group) that opens the ports of one server role of a deployment."""
+    return f"skyport-{settings.SKYPORT_INSTALLATION_ID}-d{instance.deployment_id}-{instance.role}"[:255]
 
 
 def deployment_key_name(deployment: Deployment) -> str:
@@ -846,12 +852,15 @@ def _start_delete(instance: Instance, *, actor: User | None, then: str = "") -> 
     if not params.get("server_id") and not creates:
         return
     deployment = Deployment.objects.all_tenants().get(pk=instance.deployment_id)
-    if deployment.ssh_public_key and not then:
+    if not then:
         others = Instance.objects.all_tenants().filter(
             deployment_id=deployment.pk, account_id=instance.account_id, region=instance.region,
         ).exclude(pk=instance.pk).exclude(state__in=[S.DELETED, S.DELETING])
-        if not others.exists():  # the last server of the deployment there: its key pair goes too
+        if deployment.ssh_public_key and not others.exists():
+            # the last server of the deployment there: its key pair goes too
             params.update(key_name=deployment_key_name(deployment), delete_key_pair=True)
+        if instance.ports and not others.filter(role=instance.role).exists():
+            params["firewall_name"] = firewall_name(instance)  # and the firewall of its role
     _start_operation(instance, "delete_server", params, actor)
 
 

@@ -227,6 +227,34 @@ def test_a_named_key_pair_is_the_deployments_own_and_is_deleted_with_it(openstac
 
 
 @openstack
+def test_a_firewall_opens_the_ports_and_goes_with_its_server(openstack_stack):
+    driver = openstack_stack.driver()
+    name = f"skyport-test-d{uuid.uuid4().hex[:8]}-web"
+    rules = [{"port": 80, "cidr": "0.0.0.0/0", "protocol": "tcp"}, {"port": 5432, "cidr": "10.0.0.0/8",
+                                                                     "protocol": "tcp"}]
+    group_id = driver.ensure_firewall(name, rules, tags={"skyport:test": "1"})
+    assert driver.ensure_firewall(name, rules, tags={}) == group_id  # a retry finds it, rules not doubled
+    group = driver.conn.network.get_security_group(group_id)
+    ingress = sorted((r["port_range_min"], r["remote_ip_prefix"]) for r in group.security_group_rules
+                     if r["direction"] == "ingress" and r["port_range_min"])
+    assert ingress == [(80, "0.0.0.0/0"), (5432, "10.0.0.0/8")]
+    server = driver.create_server(_request(openstack_stack, firewall_id=group_id)[0])
+    openstack_wait(driver)(server.id, {ServerState.RUNNING})
+    assert group.name in {g["name"] for g in driver.conn.compute.get_server(server.id).security_groups}
+    driver.delete_server(server.id)
+    deadline = time.monotonic() + 60
+    while True:  # until the server and its port are gone, the group is in use (a TransientError, retried)
+        try:
+            driver.delete_firewall(name)
+            break
+        except TransientError:
+            assert time.monotonic() < deadline, "the security group stayed in use"
+            time.sleep(1)
+    assert driver.conn.network.find_security_group(name) is None
+    driver.delete_firewall(name)  # already gone: not an error
+
+
+@openstack
 def test_console_is_a_novnc_url(openstack_stack):
     driver = openstack_stack.driver()
     server = driver.create_server(_request(openstack_stack)[0])

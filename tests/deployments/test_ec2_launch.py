@@ -88,6 +88,11 @@ def test_launch_stop_start_delete_on_ec2(connor, web, ec2_item, moto_ec2, settin
     key_name = f"skyport-inst-ec2-test-d{deployment.pk}"
     assert described["KeyName"] == key_name
     assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == [key_name]
+    # port 22 opened by the deployment's own security group
+    [group] = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [
+        f"skyport-inst-ec2-test-d{deployment.pk}-server"]}])["SecurityGroups"]
+    assert [g["GroupId"] for g in described["SecurityGroups"]] == [group["GroupId"]]
+    assert [(p["FromPort"], p["IpRanges"][0]["CidrIp"]) for p in group["IpPermissions"]] == [(22, "0.0.0.0/0")]
 
     with django_capture_on_commit_callbacks(execute=True):
         services.instance_action(actor=connor, instance=instance, action="stop")
@@ -109,4 +114,6 @@ def test_launch_stop_start_delete_on_ec2(connor, web, ec2_item, moto_ec2, settin
     assert states and set(states) == {"terminated"}
     assert ec2.describe_addresses()["Addresses"] == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []
+    left = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"]
+    assert left == []
     assert QuotaReservation.objects.all_tenants().get(deployment=deployment).released_at is not None

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 
 from apps.clouds.models import Operation
-from apps.clouds.sim.models import SimPublicIP, SimServer
+from apps.clouds.sim.models import SimFirewall, SimPublicIP, SimServer
 from apps.clouds.sim.services import sim_fault_add, sim_faults_clear
 from apps.core.permissions import ServiceError
 from apps.deployments import services
@@ -90,6 +90,11 @@ def test_two_tier_blueprint_creates_in_dependency_order_with_outputs(
     db_ip = instances["shop-db-1"].private_ips[0]
     web_server = SimServer.objects.get(server_id=instances["shop-web-1"].provider_server_id)
     assert f"content: \"{db_ip}\"" in web_server.user_data
+    # each role's ports, opened by a firewall of its own (one per account-region it runs in)
+    db_server = SimServer.objects.get(server_id=instances["shop-db-1"].provider_server_id)
+    db_rules = SimFirewall.objects.get(firewall_id=db_server.firewall_id).rules
+    assert db_rules == [{"port": 5432, "cidr": "10.0.0.0/8", "protocol": "tcp"}]
+    assert [r["port"] for r in SimFirewall.objects.get(firewall_id=web_server.firewall_id).rules] == [80, 443]
     deployment.refresh_from_db()
     assert deployment.state == "active"
 
@@ -99,7 +104,11 @@ def test_delete_removes_servers_and_addresses_and_gives_the_quota_back(
     item = launch_world["items"]["debian-12-server"]
     deployment, _ = launch(connor, web, item, "short-lived", django_capture_on_commit_callbacks)
     settle()
-    assert len(live_servers(deployment.pk)) == 1
+    [server] = live_servers(deployment.pk)
+    # port 22 opened by the deployment's own firewall
+    firewall = SimFirewall.objects.get(firewall_id=server.firewall_id)
+    assert firewall.rules == [{"port": 22, "cidr": "0.0.0.0/0", "protocol": "tcp"}]
+    assert firewall.name.endswith(f"-d{deployment.pk}-server")
     with django_capture_on_commit_callbacks(execute=True):
         services.deployment_delete(actor=connor, deployment=deployment)
     settle()
@@ -107,6 +116,7 @@ def test_delete_removes_servers_and_addresses_and_gives_the_quota_back(
     assert deployment.state == "deleted"
     assert live_servers(deployment.pk) == []
     assert not SimPublicIP.objects.filter(released=False).exists()
+    assert not SimFirewall.objects.exists()
     assert QuotaReservation.objects.all_tenants().get(deployment=deployment).released_at is not None
 
 

@@ -150,6 +150,8 @@ class CreateServer:
     # the key pair to import `public_key` under, where the provider needs one: one per deployment, so deleting the
     # deployment removes it (delete_key_pair). None: the driver names it after the key.
     key_name: str | None = None
+    # the firewall (security group) from ensure_firewall that opens the server's ports; None: the provider's default
+    firewall_id: str | None = None
     user_data: str | None = None
     # the installation id and operation id go here (skyport:installation, skyport:operation): a retry after a
     # crash finds what the first attempt created instead of creating a second server
@@ -283,6 +285,16 @@ class CloudDriver(ABC):
 
     def delete_key_pair(self, name: str) -> None:  # noqa: B027 (providers without key pairs have nothing to do)
         """Remove a key pair Skyport imported (see CreateServer.key_name). One already gone is not an error."""
+
+    # firewalls (security groups): the ports a blueprint opens
+    def ensure_firewall(self, name: str, rules: list[dict[str, Any]], *, tags: dict[str, str]) -> str:
+        """The id of the firewall named `name` allowing inbound `rules` ([{port, cidr, protocol}]), created (with
+        `tags` where the provider tags them) when missing; safe to call again after a crash."""
+        raise InvalidRequestError(f"{self.label} cannot open ports for a server through Skyport.")
+
+    def delete_firewall(self, name: str) -> None:  # noqa: B027 (providers without firewalls have nothing to do)
+        """Remove the firewall named `name` once no server uses it. One already gone is not an error; one still in
+        use raises TransientError (its servers are still going away)."""
 
     # public addresses
     @abstractmethod

@@ -955,8 +955,60 @@ class EC2Driver(LibcloudDriver):
         with self._errors("launching the instance"):
             if request.public_key:
                 kwargs["ex_keyname"] = self._key_name(request.public_key, request.key_name)
+            if request.firewall_id:
+                if request.network_id:
+                    kwargs["ex_security_group_ids"] = [request.firewall_id]
+                else:  # the default VPC's default subnet: groups go by name
+                    group = nd.ex_get_security_groups(group_ids=[request.firewall_id])
+                    kwargs["ex_security_groups"] = [group[0].name] if group else []
             node = nd.create_node(**kwargs)
         return self._to_server(node)
+
+    def _security_group_id(self, name: str) -> str | None:
+        groups = self.node_driver.ex_get_security_groups(filters={"group-name": name})
+        return str(groups[0].id) if groups else None
+
+    def ensure_firewall(self, name: str, rules: list[dict[str, Any]], *, tags: dict[str, str]) -> str:
+        """A security group in the region's default VPC, found by name first (a retry reuses it), its rules added
+        one by one (a rule that is already there is fine)."""
+        nd = self.node_driver
+        with self._errors("creating the security group"):
+            group_id = self._security_group_id(name)
+            if group_id is None:
+                try:
+                    group_id = str(nd.ex_create_security_group(name, "Opened by Skyport for a deployment")["group_id"])
+                except BaseHTTPError as exc:
+                    if "InvalidGroup.Duplicate" not in str(exc.message):
+                        raise
+                    group_id = self._security_group_id(name)  # created meanwhile by a concurrent attempt
+                    if group_id is None:
+                        raise
+                if tags:
+                    nd.ex_create_tags(SimpleNamespace(id=group_id), dict(tags))
+            for rule in rules:
+                try:
+                    nd.ex_authorize_security_group_ingress(
+                        group_id, int(rule["port"]), int(rule["port"]), cidr_ips=[rule.get("cidr", "0.0.0.0/0")],
+                        protocol=rule.get("protocol", "tcp"),
+                    )
+                except BaseHTTPError as exc:
+                    if "InvalidPermission.Duplicate" not in str(exc.message):
+                        raise
+        return group_id
+
+    def delete_firewall(self, name: str) -> None:
+        with self._errors("deleting the security group"):
+            group_id = self._security_group_id(name)
+            if group_id is None:
+                return
+            try:
+                self.node_driver.ex_delete_security_group_by_id(group_id)
+            except BaseHTTPError as exc:
+                if "DependencyViolation" in str(exc.message):  # its instances are still terminating
+                    raise TransientError(f"Security group {name} is still in use: retry once its instances are "
+                                         "gone.", provider_code="DependencyViolation") from None
+                if "InvalidGroup.NotFound" not in str(exc.message):
+                    raise
 
     def delete_key_pair(self, name: str) -> None:
         with self._errors("deleting the key pair"):

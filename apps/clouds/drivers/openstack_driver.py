@@ -440,6 +440,8 @@ class OpenStackDriver(CloudDriver):
         }
         if request.public_key:
             attrs["key_name"] = self._key_name(request.public_key, request.key_name)
+        if request.firewall_id:
+            attrs["security_groups"] = [{"name": request.firewall_id}]  # nova accepts the group's id here too
         if request.user_data:
             attrs["user_data"] = base64.b64encode(request.user_data.encode()).decode()
         with self._errors("create the server"):
@@ -493,6 +495,41 @@ class OpenStackDriver(CloudDriver):
     def delete_server(self, server_id: str) -> None:
         with self._errors(f"delete server {server_id}"):
             self.conn.compute.delete_server(server_id, ignore_missing=False)
+
+    def ensure_firewall(self, name: str, rules: list[dict[str, Any]], *, tags: dict[str, str]) -> str:
+        """A neutron security group of the project, found by name first (a retry reuses it), with one ingress rule
+        per port (a rule already there is fine)."""
+        from openstack import exceptions as os_exc
+
+        with self._errors("create the security group"):
+            group = self.conn.network.find_security_group(name, project_id=self.conn.current_project_id)
+            if group is None:
+                group = self.conn.network.create_security_group(
+                    name=name, description="Opened by Skyport for a deployment")
+                if tags:
+                    with contextlib.suppress(os_exc.SDKException):  # tags are a label here, not a lookup key
+                        self.conn.network.set_tags(group, _encode_tags(tags))
+            for rule in rules:
+                with contextlib.suppress(os_exc.ConflictException):  # the rule exists already
+                    self.conn.network.create_security_group_rule(
+                        security_group_id=group.id, direction="ingress", ethertype="IPv4",
+                        protocol=rule.get("protocol", "tcp"), port_range_min=int(rule["port"]),
+                        port_range_max=int(rule["port"]), remote_ip_prefix=rule.get("cidr", "0.0.0.0/0"),
+                    )
+        return str(group.id)
+
+    def delete_firewall(self, name: str) -> None:
+        from openstack import exceptions as os_exc
+
+        with self._errors("delete the security group"):
+            group = self.conn.network.find_security_group(name, project_id=self.conn.current_project_id)
+            if group is None:
+                return
+            try:
+                self.conn.network.delete_security_group(group, ignore_missing=True)
+            except os_exc.ConflictException:  # a port of a server being deleted still uses it
+                raise TransientError(f"Security group {name} is still in use: retry once its servers are gone.",
+                                     provider_code="SecurityGroupInUse") from None
 
     def delete_key_pair(self, name: str) -> None:
         with self._errors("delete the key pair"):

@@ -38,7 +38,7 @@ from apps.clouds.drivers.base import (
     Size,
     TransientError,
 )
-from apps.clouds.sim.models import SimCloud, SimFault, SimPublicIP, SimServer
+from apps.clouds.sim.models import SimCloud, SimFault, SimFirewall, SimPublicIP, SimServer
 from apps.clouds.sim.router import SIM_DB
 from apps.clouds.sim.services import api_key_hash
 
@@ -334,6 +334,7 @@ class SimDriver(CloudDriver):
                 network_id=network["id"] if network else "",
                 private_ip=private_ip,
                 public_key=request.public_key or "",
+                firewall_id=request.firewall_id or "",
                 user_data=request.user_data or "",
                 tags=dict(request.tags),
                 client_token=request.idempotency_token,
@@ -465,6 +466,34 @@ class SimDriver(CloudDriver):
             server.save()
 
         self._call("delete_server", action)
+
+    def ensure_firewall(self, name: str, rules: list[dict[str, Any]], *, tags: dict[str, str]) -> str:
+        def action(cloud: SimCloud) -> str:
+            firewall = SimFirewall.objects.filter(cloud=cloud, region=self.region, name=name).first()
+            if firewall is None:
+                firewall = SimFirewall.objects.create(cloud=cloud, region=self.region or "", name=name,
+                                                      firewall_id=self._make_id(cloud, "sg"), tags=dict(tags))
+            wanted = [dict(r) for r in rules if dict(r) not in firewall.rules]
+            if wanted:
+                firewall.rules = [*firewall.rules, *wanted]
+                firewall.save(update_fields=["rules"])
+            return firewall.firewall_id
+
+        return self._call("ensure_firewall", action)
+
+    def delete_firewall(self, name: str) -> None:
+        def action(cloud: SimCloud) -> None:
+            firewall = SimFirewall.objects.filter(cloud=cloud, region=self.region, name=name).first()
+            if firewall is None:
+                return
+            users = [s for s in SimServer.objects.filter(cloud=cloud, firewall_id=firewall.firewall_id)
+                     if self._settle(cloud, s).state != ServerState.DELETED]
+            if users:
+                raise TransientError(f"Firewall {name} is still used by {users[0].server_id}: retry when it is gone.",
+                                     provider_code="DependencyViolation")
+            firewall.delete()
+
+        return self._call("delete_firewall", action)
 
     def console(self, server_id: str) -> Console:
         def action(cloud: SimCloud) -> Console:

@@ -56,6 +56,7 @@ class SimServer(models.Model):
     network_id = models.CharField(max_length=64, blank=True)
     private_ip = models.CharField(max_length=64, blank=True)
     public_key = models.TextField(blank=True)
+    firewall_id = models.CharField(max_length=64, blank=True)
     user_data = models.TextField(blank=True)
     tags = models.JSONField(default=dict)
     client_token = models.CharField(max_length=100, blank=True)
@@ -98,6 +99,24 @@ class SimPublicIP(models.Model):
 
     def __str__(self) -> str:
         return self.address
+
+
+class SimFirewall(models.Model):
+    """A security group: named, per region, with inbound rules; in use while a live server names it."""
+
+    cloud = models.ForeignKey(SimCloud, on_delete=models.CASCADE, related_name="firewalls")
+    firewall_id = models.CharField(max_length=64)
+    region = models.CharField(max_length=64)
+    name = models.CharField(max_length=255)
+    rules = models.JSONField(default=list)  # [{port, cidr, protocol}]
+    tags = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint("cloud", "region", "name", name="sim_firewall_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class SimFault(models.Model):
