@@ -157,6 +157,7 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-catalog-prices": {"task": "apps.catalog.tasks.catalog_prices_refresh", "schedule": 600.0},
     "expire-approvals": {"task": "apps.deployments.tasks.approvals_expire", "schedule": 60.0},
     "enforce-leases": {"task": "apps.deployments.tasks.leases_enforce", "schedule": 60.0},
+    "resume-deployments": {"task": "apps.deployments.tasks.deployments_resume", "schedule": 30.0},
     "reconcile": {"task": "apps.deployments.reconciler_tasks.reconcile_tick", "schedule": 5.0},
     "resume-hook-deliveries": {"task": "apps.deployments.hook_tasks.hook_deliveries_resume", "schedule": 30.0},
 }

@@ -62,14 +62,15 @@ def object_grants_drop(*, user: Any, organization_id: int) -> int:
     from guardian.models import UserObjectPermission
 
     from apps.catalog.models import Blueprint, Image
+    from apps.deployments.models import Deployment
 
     dropped = 0
-    for model in (Image, Blueprint):
+    for model in (Image, Blueprint, Deployment):  # edit grants, and grants to operate somebody's deployment
         rows = model._base_manager.filter(organization_id=organization_id)
         ids = [str(pk) for pk in rows.values_list("pk", flat=True)]
         if ids:
             deleted, _ = UserObjectPermission.objects.filter(
-                user=user, content_type__app_label="catalog", content_type__model=model._meta.model_name,
+                user=user, content_type__app_label=model._meta.app_label, content_type__model=model._meta.model_name,
                 object_pk__in=ids,
             ).delete()
             dropped += deleted

@@ -237,37 +237,43 @@ def _step_delete(ctx: StepContext) -> dict[str, Any]:
     return {}
 
 
-def _created_by(ctx: StepContext) -> dict[str, str]:
-    """The tags of the create operation named in the params: what it made carries them from its creation."""
-    return {TAG_INSTALLATION: settings.SKYPORT_INSTALLATION_ID, TAG_OPERATION: str(ctx.params["create_operation_id"])}
+def _created_by(ctx: StepContext) -> list[dict[str, str]]:
+    """The tags of each create operation named in the params: what they made carries them from its creation."""
+    ids = ctx.params.get("create_operation_ids") or [ctx.params["create_operation_id"]]
+    return [{TAG_INSTALLATION: settings.SKYPORT_INSTALLATION_ID, TAG_OPERATION: str(i)} for i in ids]
+
+
+def _tagged_servers(ctx: StepContext) -> list[Server]:
+    found = [s for tags in _created_by(ctx) for s in ctx.driver.list_servers(tags=tags)]
+    return [s for s in found if s.state != ServerState.DELETED]
 
 
 def _step_delete_tagged(ctx: StepContext) -> dict[str, Any]:
-    """Delete whatever a create operation made, found by its tags: used when the create's result never recorded a
-    server id (it was cancelled, or its worker died after the provider call)."""
+    """Delete whatever the create operations made, found by their tags: used when a create's result never recorded
+    a server id (it was cancelled, failed after the provider acted, or its worker died after the provider call)."""
     deleted = []
-    for server in ctx.driver.list_servers(tags=_created_by(ctx)):
-        if server.state != ServerState.DELETED:
-            with contextlib.suppress(NotFoundError):
-                ctx.driver.delete_server(server.id)
-            deleted.append(server.id)
+    for server in _tagged_servers(ctx):
+        with contextlib.suppress(NotFoundError):
+            ctx.driver.delete_server(server.id)
+        deleted.append(server.id)
     return {"deleted_server_ids": deleted}
 
 
 def _step_wait_tagged_deleted(ctx: StepContext) -> dict[str, Any]:
-    left = [s for s in ctx.driver.list_servers(tags=_created_by(ctx)) if s.state != ServerState.DELETED]
+    left = _tagged_servers(ctx)
     if left:
         raise NotReady(f"deleted ({len(left)} server(s) still {left[0].state})")
     return {"state": str(ServerState.DELETED)}
 
 
 def _step_release_tagged_ips(ctx: StepContext) -> dict[str, Any]:
-    """Release every address the create operation allocated, committed or not."""
+    """Release every address the create operations allocated, committed or not."""
     released = []
-    for ip in ctx.driver.list_public_ips(tags=_created_by(ctx)):
-        with contextlib.suppress(NotFoundError):
-            ctx.driver.release_public_ip(ip.id)
-        released.append(ip.id)
+    for tags in _created_by(ctx):
+        for ip in ctx.driver.list_public_ips(tags=tags):
+            with contextlib.suppress(NotFoundError):
+                ctx.driver.release_public_ip(ip.id)
+            released.append(ip.id)
     return {"released_ip_ids": released}
 
 
@@ -406,10 +412,13 @@ def operation_plan(kind: str, params: dict[str, Any], *, driver_kind: str) -> li
     if kind == "delete_server":
         # with a server id: delete it; without one (a create that never recorded it), what the create operation
         # made is found by its tags. Addresses it allocated are released by their tags too.
+        created = params.get("create_operation_id") or params.get("create_operation_ids")
         steps = ["delete", "wait_deleted"] if params.get("server_id") else ["delete_tagged", "wait_tagged_deleted"]
+        # a server id covers the create that recorded it; earlier failed attempts are found by their tags
+        steps += ["delete_tagged", "wait_tagged_deleted"] if params.get("server_id") and created else []
         steps += ["delete_firewall"] if params.get("firewall_name") else []
         steps += ["release_ip"] if params.get("public_ip_id") else []
-        steps += ["release_tagged_ips"] if params.get("create_operation_id") else []
+        steps += ["release_tagged_ips"] if created else []
         steps += ["delete_key_pair"] if params.get("delete_key_pair") and params.get("key_name") else []
         return steps
     if kind == "start_server":

@@ -251,6 +251,8 @@ def _stuck_move(instance: Instance, state: str, since: datetime.datetime, now: d
                 deployment_state: str) -> Move | None:
     if state not in TRANSITIONAL or deployment_state in DECIDED_WITHOUT_INSTANCES:
         return None  # an instance waiting for an approval is not stuck
+    if state == S.PENDING and instance.operation_id is None:
+        return None  # waiting for the servers it depends on (or for the launch): nothing is asked of the provider
     elapsed = (now - since).total_seconds()
     if elapsed <= stuck_seconds():
         return None

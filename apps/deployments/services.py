@@ -368,10 +368,47 @@ def deployment_request(
     return deployment, True
 
 
+def redacted_parameters(parameters: Any) -> Any:
+    """Launch parameters as shown to anybody who sees the deployment: a secret-looking one is never shown."""
+    if not isinstance(parameters, dict):
+        return parameters
+    return {k: (audit.REDACTED if audit.is_secret_field(str(k)) else v) for k, v in parameters.items()}
+
+
 def _launch_on_commit(deployment_id: int) -> None:
     from apps.deployments.tasks import deployment_launch_task
 
-    transaction.on_commit(lambda: deployment_launch_task.delay(deployment_id))
+    def send() -> None:
+        try:
+            deployment_launch_task.delay(deployment_id)
+        except Exception:  # the broker is down: the request is recorded, deployments_resume launches it later
+            if settings.CELERY_TASK_ALWAYS_EAGER:
+                raise
+            log.warning("could not enqueue the launch of deployment %s; it will be resumed", deployment_id,
+                        exc_info=True)
+
+    transaction.on_commit(send)
+
+
+RESUME_AFTER = datetime.timedelta(seconds=60)
+
+
+def deployments_resume(*, now: datetime.datetime | None = None) -> dict[str, int]:
+    """Pick up launches whose task was lost (a broker that was down, a worker that died during a hook call, a crash
+    between two steps): requested ones older than a minute are launched, provisioning ones advanced. Both are safe
+    to run again."""
+    now = now or timezone.now()
+    counts = {"launched": 0, "advanced": 0}
+    requested = Deployment.objects.all_tenants().filter(state=D.REQUESTED, updated_at__lte=now - RESUME_AFTER)
+    for deployment_id in requested.values_list("pk", flat=True)[:100]:
+        deployment_launch(deployment_id)
+        counts["launched"] += 1
+    moving = Deployment.objects.all_tenants().filter(
+        state__in=[D.PROVISIONING, D.PARTIALLY_FAILED], updated_at__lte=now - RESUME_AFTER,
+        instances__state=S.PENDING, instances__operation__isnull=True).distinct()
+    for deployment_id in moving.values_list("pk", flat=True)[:100]:
+        counts["advanced"] += bool(deployment_advance(deployment_id))
+    return counts
 
 
 # --- approvals ----------------------------------------------------------------------------------------------------
@@ -615,7 +652,8 @@ def instance_operation_follow(operation: Operation) -> None:
         if instance is None:
             return
         server_id = (operation.result or {}).get("server_id")
-        if operation.kind == "create_server" and server_id and not instance.provider_server_id:
+        if (operation.kind == "create_server" and server_id and not instance.provider_server_id
+                and instance.operation_id == operation.pk):
             # recorded as soon as the provider answers: a crash later never leaves the server untracked
             instance.provider_server_id = str(server_id)
             instance.save(update_fields=["provider_server_id", "updated_at"])
@@ -630,6 +668,8 @@ def instance_operation_follow(operation: Operation) -> None:
             _follow_success(deployment, instance, operation)
         else:
             _follow_failure(deployment, instance, operation)
+        if operation.kind in ("resize_server", "delete_server"):
+            _quota_rebalance(instance.deployment_id)
     if operation.kind in ("create_server", "delete_server") or operation.state == Operation.State.SUCCEEDED:
         deployment_advance(instance.deployment_id)
 
@@ -684,16 +724,37 @@ def _follow_success(deployment: Deployment, instance: Instance, operation: Opera
         hooks_after_launch(deployment, "instance.running", instance)
 
 
+def _quota_rebalance(deployment_id: int) -> None:
+    """After a resize (done or failed), hold exactly what the deployment's servers use: a larger size was reserved
+    before the resize; a smaller one, or a failed resize, gives the difference back."""
+    live = Instance.objects.all_tenants().filter(deployment_id=deployment_id).exclude(state=S.DELETED)
+    held = list(QuotaReservation.objects.all_tenants().select_for_update().filter(
+        deployment_id=deployment_id, released_at__isnull=True))
+    if not held:
+        return
+    exact = Demand(instances=live.count(), vcpus=sum(i.vcpus for i in live), ram_mb=sum(i.ram_mb for i in live),
+                   disk_gb=sum(i.disk_gb for i in live))
+    have = Demand(*(sum(getattr(r, f) for r in held) for f in ("instances", "vcpus", "ram_mb", "disk_gb")))
+    if have == exact:
+        return
+    for reservation in held:
+        quota_release(reservation)
+    first = held[0]
+    QuotaReservation.objects.create(organization_id=first.organization_id, project_id=first.project_id,
+                                    user_id=first.user_id, deployment_id=deployment_id, instances=exact.instances,
+                                    vcpus=exact.vcpus, ram_mb=exact.ram_mb, disk_gb=exact.disk_gb)
+
+
 def _follow_failure(deployment: Deployment, instance: Instance, operation: Operation) -> None:
     message = operation.error or "The provider operation failed."
-    if operation.kind == "create_server":
-        if instance.state == S.DELETING:
-            _start_delete(instance, actor=None)
-            return
-        if (deployment.policy == Deployment.Policy.ORDERED and instance.fallbacks
-                and operation.error_kind in FALLBACK_ERRORS and not instance.provider_server_id):
-            _fall_back(deployment, instance, operation)
-            return
+    if instance.state == S.DELETING and operation.kind != "delete_server":
+        # a delete was asked for while this operation ran: it goes ahead whatever this one's outcome
+        _start_delete(instance, actor=None)
+        return
+    if (operation.kind == "create_server" and deployment.policy == Deployment.Policy.ORDERED
+            and instance.fallbacks and operation.error_kind in FALLBACK_ERRORS and not instance.provider_server_id):
+        _fall_back(deployment, instance, operation)
+        return
     if operation.kind == "delete_server" and operation.params.get("then") == "recreate":
         message = f"Could not remove the failed server before creating it again: {message}"
     if instance.state != S.ERROR:
@@ -718,6 +779,7 @@ def _fall_back(deployment: Deployment, instance: Instance, failed: Operation) ->
         return
     from apps.catalog.profiles import flavor_price
 
+    _cleanup_elsewhere(instance, failed)
     before = f"{instance.account.name}/{instance.region}"
     instance.account_id, instance.region = flavor.account_id, flavor.region
     instance.flavor_id, instance.vcpus, instance.ram_mb = flavor.provider_id, flavor.vcpus, flavor.ram_mb
@@ -734,6 +796,17 @@ def _fall_back(deployment: Deployment, instance: Instance, failed: Operation) ->
                      deployment.owner)
     deployment_event(deployment, "operation", instance=instance.pk, state=instance.state,
                      operation=instance.operation_id)
+
+
+def _cleanup_elsewhere(instance: Instance, failed: Operation) -> None:
+    """A create that failed may still have made a server (the provider acted, then the call failed): before the
+    instance moves on, a delete by the failed attempt's tags runs where it was made. It is not the instance's
+    operation (nobody follows it): it only removes what carries those tags, if anything."""
+    account = CloudAccount.objects.all_tenants().get(pk=failed.account_id)
+    cleanup = operation_start(account=account, region=failed.region, kind="delete_server",
+                              params={"instance_id": instance.pk, "create_operation_ids": [failed.pk]},
+                              idempotency_key=f"{failed.idempotency_key}-cleanup"[:100], project=instance.project)
+    operation_enqueue(cleanup.pk)
 
 
 def _recreate(deployment: Deployment, instance: Instance) -> None:
@@ -833,6 +906,14 @@ def instance_action(*, actor: User | None, instance: Instance, action: str, size
     return locked
 
 
+def _creates_of(instance: Instance) -> list[int]:
+    """Every create operation started for the instance in its current account-region, oldest first."""
+    return list(Operation.objects.all_tenants().filter(
+        organization_id=instance.organization_id, kind="create_server", params__instance_id=instance.pk,
+        account_id=instance.account_id, region=instance.region,
+    ).order_by("pk").values_list("pk", flat=True))
+
+
 def _start_delete(instance: Instance, *, actor: User | None, then: str = "") -> None:
     """Start the delete operation of an instance that has (or may have) a server at the provider."""
     params: dict[str, Any] = {}
@@ -840,13 +921,10 @@ def _start_delete(instance: Instance, *, actor: User | None, then: str = "") -> 
         params["server_id"] = instance.provider_server_id
     if instance.public_ip_id:
         params["public_ip_id"] = instance.public_ip_id
-    create = Operation.objects.all_tenants().filter(
-        organization_id=instance.organization_id, kind="create_server", params__instance_id=instance.pk,
-    ).values_list("pk", flat=True)
-    creates = list(create)
+    creates = _creates_of(instance)
     if creates:
         # whatever any create made for it, committed or not, is found again by its tags
-        params["create_operation_id"] = max(creates)
+        params["create_operation_ids"] = creates
     if then:
         params["then"] = then
     if not params.get("server_id") and not creates:
@@ -959,7 +1037,8 @@ def deployment_retry_failed(*, actor: User, deployment: Deployment) -> list[Inst
                 "operation").filter(deployment=locked, state=S.ERROR):
             if _busy(instance):
                 continue
-            if instance.provider_server_id or instance.public_ip_id:
+            if instance.provider_server_id or instance.public_ip_id or _creates_of(instance):
+                # a failed create may still have made a server: remove what any attempt made first
                 _start_delete(instance, actor=actor, then="recreate")
             else:
                 _recreate(locked, instance)
@@ -1050,10 +1129,14 @@ def instance_console(*, actor: User, instance: Instance) -> Any:
     _require_operate(actor, instance.deployment)
     if not instance.provider_server_id or instance.state in (S.DELETED, S.DELETING, S.PENDING):
         raise ServiceError(f"{instance.name} has no console now ({instance.state}).")
+    from apps.clouds.drivers.base import scrub_secrets
+
+    driver = driver_for(instance.account, instance.region)
     try:
-        return driver_for(instance.account, instance.region).console(instance.provider_server_id)
+        return driver.console(instance.provider_server_id)
     except CloudError as exc:
-        raise ServiceError(f"The provider could not open the console: {exc.message}") from None
+        message = scrub_secrets(exc.message, driver.credentials)
+        raise ServiceError(f"The provider could not open the console: {message}") from None
 
 
 # --- leases ---------------------------------------------------------------------------------------------------------

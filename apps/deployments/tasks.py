@@ -20,3 +20,8 @@ def approvals_expire() -> int:
 @shared_task(name="apps.deployments.tasks.leases_enforce", ignore_result=True)
 def leases_enforce() -> dict[str, int]:
     return services.leases_enforce()
+
+
+@shared_task(name="apps.deployments.tasks.deployments_resume", ignore_result=True)
+def deployments_resume() -> dict[str, int]:
+    return services.deployments_resume()

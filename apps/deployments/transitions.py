@@ -9,9 +9,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.deployments.events import deployment_event
-from apps.deployments.models import Deployment, Instance, InstanceTransition
+from apps.deployments.models import Deployment, Instance, InstanceTransition, QuotaReservation
+from apps.deployments.states import DeploymentState, can_move, derive_deployment_state
 from apps.deployments.states import InstanceState as S
-from apps.deployments.states import can_move, derive_deployment_state
 
 
 class IllegalTransition(ValueError):
@@ -79,6 +79,14 @@ def deployment_refresh_state(deployment_id: int, *, bump: bool = True) -> Deploy
     if derived != deployment.state:
         deployment.state = derived
         deployment.save(update_fields=["state", "updated_at"])
+        if derived == DeploymentState.DELETED:
+            # every server is gone, however that came about (a delete, or the reconciler seeing them go): the
+            # quota is given back here, once (a release of a released reservation changes nothing)
+            from apps.deployments.quotas import quota_release
+
+            for reservation in QuotaReservation.objects.all_tenants().filter(deployment_id=deployment_id,
+                                                                             released_at__isnull=True):
+                quota_release(reservation)
         if bump:
             deployment_event(deployment, "state")
     return deployment

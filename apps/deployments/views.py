@@ -40,6 +40,7 @@ from apps.core.forms import add_service_error
 from apps.core.permissions import ServiceError
 from apps.core.roles import role_allows
 from apps.core.views import PageRequest, access_of, live_q, org_can, org_id, org_page, safe_next
+from apps.deployments import services
 from apps.deployments.forms import (
     PARAM_PREFIX,
     QUOTA_LIMITS,
@@ -118,7 +119,7 @@ def _organization(request: PageRequest) -> Organization:
 
 
 def _can_operate(request: PageRequest, deployment: Deployment) -> bool:
-    return access_of(request).can_on("deployments.operate", deployment)
+    return services.deployment_can_operate(request.user, deployment)
 
 
 def _require_operate(request: PageRequest, deployment: Deployment) -> None:
@@ -234,10 +235,9 @@ def deployment_bulk(request: PageRequest) -> HttpResponseBase:
                 messages.error(request, str(text))
         return redirect(back)
     chosen = [visible[pk] for pk in form.cleaned_data["ids"]]
-    refused = [d.name for d in chosen if not access.can_on("deployments.operate", d)]
+    refused = [d.name for d in chosen if not services.deployment_can_operate(request.user, d)]
     if refused:
         raise PermissionDenied(f"You may not operate {', '.join(refused)}.")
-    from apps.deployments import services
 
     action = form.cleaned_data["action"]
     done, failed = [], []
@@ -329,7 +329,6 @@ def _form_value(form: LaunchForm, name: str) -> Any:
 def _preview(request: PageRequest, item: CatalogItem, project: Project, form: LaunchForm) -> dict[str, Any]:
     """Where the launch would go and why, what it costs and what it takes from the quotas — computed by the same
     planning and placement code the launch runs, writing nothing."""
-    from apps.deployments import services
     from apps.deployments.quotas import RESOURCES, quota_usage
 
     size = _form_value(form, "size") if item.kind == CatalogItem.Kind.IMAGE else None
@@ -422,7 +421,6 @@ def launch(request: PageRequest, slug: str) -> HttpResponseBase:
         return _launch_page(request, item, project, projects, _launch_form(request, item, project), 200)
     form = _launch_form(request, item, project, request.POST)
     if form.is_valid():
-        from apps.deployments import services
 
         data = form.cleaned_data
         policy, account_id = form.policy_and_account()
@@ -558,6 +556,7 @@ def _detail_context(request: PageRequest, deployment: Deployment, **forms: Any) 
         item = deployment.catalog_item
         extend_form = ExtendForm(initial={"lease_days": item.lease_days if item and item.lease_days else 7})
     return {
+        "parameters": services.redacted_parameters(deployment.parameters),
         "deployment": deployment,
         "instances": instances,
         "can_operate": can_operate,
@@ -615,7 +614,6 @@ def deployment_action(request: PageRequest, pk: int) -> HttpResponseBase:
         messages.error(request, "Unknown action.")
         return redirect("deployments:detail", pk=deployment.pk)
     action = form.cleaned_data["action"]
-    from apps.deployments import services
 
     try:
         if action == "resync":
@@ -666,7 +664,6 @@ def instance_action(request: PageRequest, pk: int) -> HttpResponseBase:
             fresh = instance_resync(actor=request.user, instance=instance)
             messages.success(request, f"{fresh.name} is synced: {fresh.get_state_display().lower()}.")
         else:
-            from apps.deployments import services
 
             services.instance_action(actor=request.user, instance=instance, action=action, size=size)
             messages.success(request, f"{ACTION_DONE[action]} {instance.name}"
@@ -683,7 +680,6 @@ def instance_console(request: PageRequest, pk: int) -> HttpResponseBase:
     """Opens in a new tab: the provider's console URL (noVNC), or the server's console output."""
     instance = _instance(request, pk)
     _require_operate(request, instance.deployment)
-    from apps.deployments import services
 
     error, output = "", ""
     try:
@@ -710,7 +706,6 @@ def deployment_extend(request: PageRequest, pk: int) -> HttpResponseBase:
     _require_operate(request, deployment)
     form = ExtendForm(request.POST)
     if form.is_valid():
-        from apps.deployments import services
 
         try:
             extended = services.deployment_extend(actor=request.user, deployment=deployment,
@@ -733,7 +728,6 @@ def deployment_transfer(request: PageRequest, pk: int) -> HttpResponseBase:
     candidates = _transfer_candidates(request, deployment)
     form = TransferForm(request.POST, users=candidates)
     if form.is_valid():
-        from apps.deployments import services
 
         new_owner = next(u for u in candidates if u.pk == form.cleaned_data["owner"])
         try:
@@ -748,7 +742,12 @@ def deployment_transfer(request: PageRequest, pk: int) -> HttpResponseBase:
 
 # --- approvals ------------------------------------------------------------------------------------------------------
 def _approvals(request: PageRequest) -> Any:
-    return Approval.objects.for_user(request.user, "deployments.view").select_related(
+    """Approvers see their organisation's requests; everybody else only their own (as requester or owner)."""
+    approvers_of = access_of(request).orgs_allowing("deployments.approve")
+    return Approval.objects.for_user(request.user, "deployments.view").filter(
+        Q(organization_id__in=approvers_of) | Q(requested_by_id=request.user.pk)
+        | Q(deployment__owner_id=request.user.pk)
+    ).select_related(
         "deployment", "deployment__catalog_item", "deployment__owner", "project", "requested_by", "decided_by")
 
 
@@ -793,7 +792,6 @@ def approval_decide(request: PageRequest, pk: int) -> HttpResponseBase:
         raise PermissionDenied("Deciding launch requests needs the admin role (deployments.approve).")
     form = ApprovalDecisionForm(request.POST)
     if form.is_valid():
-        from apps.deployments import services
 
         approve = form.cleaned_data["decision"] == "approve"
         try:
@@ -1101,14 +1099,14 @@ def ssh_keys(request: PageRequest) -> HttpResponse:
                               public_key=form.cleaned_data["public_key"])
         except ValidationError as e:
             add_service_error(form, e)
-            if "PRIVATE KEY" in request.POST.get("public_key", ""):
-                # a secret pasted by mistake is not sent back in the page
-                data = request.POST.copy()
-                data["public_key"] = ""
-                form.data = data
         else:
             messages.success(request, f"Key {key.name} ({key.fingerprint}) is added; it is offered at launch.")
             return redirect("accounts:ssh-keys")
+    if "PRIVATE KEY" in request.POST.get("public_key", ""):
+        # a secret pasted by mistake is never sent back in the page, whichever check refused the form
+        data = request.POST.copy()
+        data["public_key"] = ""
+        form.data = data
     return _ssh_keys_page(request, form, status=400)
 
 

@@ -20,7 +20,6 @@ from apps.catalog.blueprints import HOURS_PER_MONTH
 from apps.catalog.models import CatalogItem
 from apps.clouds.models import CloudAccount, CloudGrant, Operation
 from apps.clouds.selectors import seconds_ago
-from apps.core import audit
 from apps.core.api.serializers import (
     ScopedPrimaryKeyRelatedField,
     ScopedSlugRelatedField,
@@ -28,6 +27,7 @@ from apps.core.api.serializers import (
     TenantModelSerializer,
     request_user,
 )
+from apps.deployments import services
 from apps.deployments.models import Approval, Deployment, Hook, HookDelivery, Instance, Quota
 
 # operation parameters that say what an operation acts on; everything else (user data, keys, tags) stays private
@@ -79,11 +79,7 @@ class IdOrNameField(serializers.Field):
         return value
 
 
-def redacted_parameters(parameters: Any) -> Any:
-    """Launch parameters as shown to anybody who sees the deployment: a secret-looking one is never shown."""
-    if not isinstance(parameters, dict):
-        return parameters
-    return {k: (audit.REDACTED if audit.is_secret_field(str(k)) else v) for k, v in parameters.items()}
+redacted_parameters = services.redacted_parameters
 
 
 # --- instances -------------------------------------------------------------------------------------------------
