@@ -748,7 +748,7 @@ def hook_update(*, actor: User, hook: Hook, **fields: Any) -> Hook:
         _collect(errors, _check_name_free, hook.organization_id, clean["name"], hook.pk)
     _raise_collected(errors)
     with transaction.atomic():
-        locked = Hook.objects.all_tenants().select_for_update().get(pk=hook.pk)
+        locked = Hook.objects.all_tenants().select_for_update(of=("self",)).get(pk=hook.pk)
         before = _audit_state(locked)
         for key, value in clean.items():
             if key == "secret":
@@ -771,7 +771,7 @@ def hook_delete(*, actor: User, hook: Hook) -> None:
     """Remove a hook and its delivery log. Queued deliveries of it are dropped with it."""
     require(actor, "hooks.manage", hook)
     with transaction.atomic():
-        locked = Hook.objects.all_tenants().select_for_update().get(pk=hook.pk)
+        locked = Hook.objects.all_tenants().select_for_update(of=("self",)).get(pk=hook.pk)
         audit.record(actor=actor, verb="hook.delete", obj=locked, before=_audit_state(locked))
         locked.delete()
 

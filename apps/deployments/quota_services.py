@@ -103,7 +103,7 @@ def quota_set(
     clean = _clean_limits(limits)
     _check_scope(organization, project, user)
     with transaction.atomic():
-        quota = _scope(organization, project, user).select_for_update().first()
+        quota = _scope(organization, project, user).select_for_update(of=("self",)).first()
         created = quota is None
         if quota is None:
             quota = Quota(organization=organization, project=project, user=user)
@@ -131,7 +131,7 @@ def quota_delete(*, actor: User, quota: Quota) -> None:
     the deployments' own record of what they hold)."""
     require(actor, "quotas.manage", quota)
     with transaction.atomic():
-        locked = Quota.objects.all_tenants().select_for_update().filter(pk=quota.pk).select_related(
+        locked = Quota.objects.all_tenants().select_for_update(of=("self",)).filter(pk=quota.pk).select_related(
             "project", "user").first()
         if locked is None:
             return

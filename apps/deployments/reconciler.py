@@ -545,7 +545,7 @@ def unmanaged_upsert(account: CloudAccount, region: str, servers: list[Server], 
                 continue
             untracked[server.id] = server
         rows = UnmanagedServer.objects.all_tenants().filter(account_id=account.pk, region=region)
-        existing = {row.provider_server_id: row for row in rows.select_for_update()}
+        existing = {row.provider_server_id: row for row in rows.select_for_update(of=("self",))}
         new, changed = [], []
         for server_id, server in untracked.items():
             values = {
@@ -819,7 +819,7 @@ def unmanaged_adopt(*, actor: User, server: UnmanagedServer, project: Project, n
         raise ServiceError(f"Size {observed.size_id!r} is not among the synced flavors of {account.name} in "
                            f"{server.region}: sync the account (Clouds → {account.name} → Sync now) and adopt again.")
     with transaction.atomic():
-        row = UnmanagedServer.objects.all_tenants().select_for_update().filter(pk=server.pk).first()
+        row = UnmanagedServer.objects.all_tenants().select_for_update(of=("self",)).filter(pk=server.pk).first()
         if row is None:
             raise ServiceError("This server was adopted or has gone meanwhile.")
         tracked = _rows().filter(account_id=account.pk, region=server.region,

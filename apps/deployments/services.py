@@ -445,8 +445,8 @@ def approval_decide(*, actor: User, approval: Approval, approve: bool, comment: 
     from apps.accounts.services import notification_send
 
     require(actor, "deployments.approve", approval.deployment.project)
-    locked = Approval.objects.all_tenants().select_for_update().get(pk=approval.pk)
-    deployment = Deployment.objects.all_tenants().select_for_update().get(pk=locked.deployment_id)
+    locked = Approval.objects.all_tenants().select_for_update(of=("self",)).get(pk=approval.pk)
+    deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=locked.deployment_id)
     if actor.pk in (locked.requested_by_id, deployment.owner_id):
         raise PermissionDenied("Nobody decides their own launch request: another approver must.")
     if locked.state != Approval.State.PENDING:
@@ -495,12 +495,12 @@ def approvals_expire(*, now: datetime.datetime | None = None) -> int:
     for approval_id in Approval.objects.all_tenants().filter(state=Approval.State.PENDING, expires_at__lte=now) \
             .values_list("pk", flat=True):
         with transaction.atomic():
-            approval = Approval.objects.all_tenants().select_for_update().get(pk=approval_id)
+            approval = Approval.objects.all_tenants().select_for_update(of=("self",)).get(pk=approval_id)
             if approval.state != Approval.State.PENDING:
                 continue
             approval.state, approval.decided_at = Approval.State.EXPIRED, now
             approval.save(update_fields=["state", "decided_at"])
-            deployment = Deployment.objects.all_tenants().select_for_update().get(pk=approval.deployment_id)
+            deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=approval.deployment_id)
             _end_before_launch(deployment, D.REJECTED, "Nobody decided the request in time: launch it again.")
             from apps.accounts.services import notification_send
 
@@ -541,7 +541,7 @@ def deployment_launch(deployment_id: int) -> Deployment:
         return deployment
     verdict = hooks_before_launch(deployment)
     with transaction.atomic():
-        deployment = Deployment.objects.all_tenants().select_for_update().get(pk=deployment_id)
+        deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
         if deployment.state != D.REQUESTED:
             return deployment
         if not verdict.allowed:
@@ -619,7 +619,7 @@ def deployment_advance(deployment_id: int) -> list[int]:
     """Start creating every pending server whose dependencies all run; returns the instance ids started."""
     started: list[int] = []
     with transaction.atomic():
-        deployment = Deployment.objects.all_tenants().select_for_update().get(pk=deployment_id)
+        deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
         if deployment.state not in (D.PROVISIONING, D.ACTIVE, D.PARTIALLY_FAILED):
             return started
         instances = list(Instance.objects.all_tenants().filter(deployment=deployment).order_by("role", "index"))
@@ -648,7 +648,7 @@ def instance_operation_follow(operation: Operation) -> None:
     if not instance_id:
         return
     with transaction.atomic():
-        instance = Instance.objects.all_tenants().select_for_update().filter(pk=instance_id).first()
+        instance = Instance.objects.all_tenants().select_for_update(of=("self",)).filter(pk=instance_id).first()
         if instance is None:
             return
         server_id = (operation.result or {}).get("server_id")
@@ -728,7 +728,7 @@ def _quota_rebalance(deployment_id: int) -> None:
     """After a resize (done or failed), hold exactly what the deployment's servers use: a larger size was reserved
     before the resize; a smaller one, or a failed resize, gives the difference back."""
     live = Instance.objects.all_tenants().filter(deployment_id=deployment_id).exclude(state=S.DELETED)
-    held = list(QuotaReservation.objects.all_tenants().select_for_update().filter(
+    held = list(QuotaReservation.objects.all_tenants().select_for_update(of=("self",)).filter(
         deployment_id=deployment_id, released_at__isnull=True))
     if not held:
         return
@@ -982,7 +982,7 @@ def deployment_delete(*, actor: User | None, deployment: Deployment, cause: str 
     if actor is not None:
         _require_operate(actor, deployment)
     with transaction.atomic():
-        locked = Deployment.objects.all_tenants().select_for_update().get(pk=deployment.pk)
+        locked = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment.pk)
         if locked.state in (D.REQUESTED, D.PENDING_APPROVAL):
             return deployment_cancel(actor=actor, deployment=locked)
         if locked.state in ENDED:
@@ -1008,7 +1008,7 @@ def deployment_cancel(*, actor: User | None, deployment: Deployment) -> Deployme
     if actor is not None:
         _require_operate(actor, deployment)
     with transaction.atomic():
-        locked = Deployment.objects.all_tenants().select_for_update().get(pk=deployment.pk)
+        locked = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment.pk)
         who = actor.username if actor is not None else "Skyport"
         if locked.state in (D.REQUESTED, D.PENDING_APPROVAL):
             Approval.objects.all_tenants().filter(deployment=locked, state=Approval.State.PENDING).update(
@@ -1029,7 +1029,7 @@ def deployment_retry_failed(*, actor: User, deployment: Deployment) -> list[Inst
     _require_operate(actor, deployment)
     retried = []
     with transaction.atomic():
-        locked = Deployment.objects.all_tenants().select_for_update().get(pk=deployment.pk)
+        locked = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment.pk)
         if locked.state != D.PARTIALLY_FAILED:
             raise ServiceError(f"Only a partly failed deployment has servers to retry; {locked.name} is "
                                f"{locked.get_state_display().lower()}.")
