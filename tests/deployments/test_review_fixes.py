@@ -46,7 +46,8 @@ def test_secret_looking_parameters_never_reach_the_page(client, vera, box):
 
 def test_a_pasted_private_key_is_not_sent_back_whichever_check_refuses_it(client, connor):
     client.force_login(connor)
-    private = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-very-secret\n-----END OPENSSH PRIVATE KEY-----"
+    private = ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-very-secret\n"
+               "-----END OPENSSH PRIVATE KEY-----")
     response = client.post("/accounts/ssh-keys/", {"name": "", "public_key": private})
     assert response.status_code == 400 and b"very-secret" not in response.content
 
