@@ -1,8 +1,11 @@
 from django.urls import include, path
 
+from apps.core import health
 from apps.deployments import demo_hook
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("", include("apps.core.urls")),
     path("accounts/", include("apps.accounts.urls")),
     path("clouds/", include("apps.clouds.urls")),

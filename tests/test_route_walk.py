@@ -138,6 +138,8 @@ EXCLUDED: dict[str, str] = {
     "accounts:invitation-accept": "addressed by an unguessable secret, not a pk; tests/pages/test_invitations.py",
     "api:schema": "public description of the API, no tenant data",
     "api:docs": "public Swagger UI, no tenant data",
+    "healthz": "liveness probe: no tenant data, no database; tests/core/test_health.py",
+    "readyz": "readiness probe: component states only, no tenant data; tests/core/test_health.py",
     "demo-hook-name-policy": "hook receiver authenticated by the HMAC signature of a hook pointing at it, no "
                              "session; tests/deployments/test_hooks.py",
     "api:api-root": "",  # listed in ROUTES; never both (checked)
