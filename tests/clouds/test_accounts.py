@@ -147,9 +147,17 @@ def test_reencrypt_command_rotates_to_the_newest_key(sam, acme, settings):
     old_key = Fernet.generate_key().decode()
     settings.SKYPORT_FERNET_KEYS = [old_key]
     account = connect(sam, acme, "keyed", api_key="keep-me-12345678")
+    from apps.core import crypto
+    from apps.deployments.hooks import hook_create
+
+    settings.SKYPORT_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.0/8"]
+    hook = hook_create(actor=sam, organization=acme, name="rotated", url="http://127.0.0.1:9/h",
+                       phase="after_launch", secret="hook-secret-0123456789")
     new_key = Fernet.generate_key().decode()
     settings.SKYPORT_FERNET_KEYS = [new_key, old_key]
     call_command("reencrypt_credentials")
     settings.SKYPORT_FERNET_KEYS = [new_key]
     account.refresh_from_db()
+    hook.refresh_from_db()
     assert account.get_credentials() == {"api_key": "keep-me-12345678"}
+    assert crypto.decrypt(hook.secret_encrypted) == "hook-secret-0123456789"  # readable with the new key alone
