@@ -27,8 +27,9 @@ def test_readyz_checks_each_component(client, settings):
 def test_readyz_names_a_broker_that_does_not_answer_and_not_its_address(client, settings):
     from portal.celery import app
 
-    settings.CELERY_TASK_ALWAYS_EAGER = False
+    # read first: Celery loads its configuration from the settings lazily, and must not load this test's override
     broker, eager = app.conf.broker_url, app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = False
     app.conf.broker_url = "redis://:s3cret-broker-password@127.0.0.1:1/0"  # nothing listens on port 1
     try:
         response = client.get("/readyz")
