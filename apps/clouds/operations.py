@@ -159,6 +159,7 @@ def _step_create(ctx: StepContext) -> dict[str, Any]:
             public_key=params.get("public_key"),
             key_name=params.get("key_name"),
             firewall_id=ctx.result.get("firewall_id"),
+            firewall_name=(params.get("firewall") or {}).get("name") if ctx.result.get("firewall_id") else None,
             user_data=params.get("user_data"),
             tags={**params.get("tags", {}), **ours},
             idempotency_token=f"skyport-{settings.SKYPORT_INSTALLATION_ID}-{op.pk}"[:64],
@@ -210,9 +211,13 @@ def _step_wait_deleted(ctx: StepContext) -> dict[str, Any]:
 def _step_allocate_ip(ctx: StepContext) -> dict[str, Any]:
     if ctx.result.get("public_ip_id"):
         return {}
-    server = ctx.driver.get_server(ctx.server_id)
-    if server.public_ips:  # the provider gave it one (EC2 default subnets): nothing to add
-        return {"public_ip": server.public_ips[0]}
+    # the wait for running just described the server: its addresses are in the result, no second look-up
+    if "public_ips" in ctx.result:
+        public_ips = list(ctx.result["public_ips"])
+    else:
+        public_ips = list(ctx.driver.get_server(ctx.server_id).public_ips)
+    if public_ips:  # the provider gave it one (EC2 default subnets): nothing to add
+        return {"public_ip": public_ips[0]}
     ours = operation_tags(ctx.operation)
     if ctx.operation.attempt > 1:
         # an earlier attempt may have allocated the address and died before committing its id: the address carries

@@ -18,12 +18,34 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connections, models
 from django.db.models import Q
 
 from apps.core.access import Access, get_access
 
 _system_scope: contextvars.ContextVar[bool] = contextvars.ContextVar("skyport_system_scope", default=False)
+
+
+# project id → its organisation id. A project never changes organisation (TenantModel.save refuses the move) and
+# PostgreSQL never hands out an id twice, so an entry stays true for the life of the process; the bound keeps memory
+# flat. SQLite may reuse the id of a rolled-back row: there nothing is remembered.
+_PROJECT_ORGS: dict[int, int | None] = {}
+PROJECT_ORGS_MAX = 4096
+
+
+def project_organization_id(project_id: int) -> int | None:
+    """The organisation of a project (None: no such project), read once per process: every tenant row with a
+    project checks it on save, several times per launch."""
+    if project_id in _PROJECT_ORGS:
+        return _PROJECT_ORGS[project_id]
+    from apps.accounts.models import Project
+
+    org_id = Project._base_manager.filter(pk=project_id).values_list("organization_id", flat=True).first()
+    if org_id is not None and connections[Project._base_manager.db].vendor == "postgresql":
+        if len(_PROJECT_ORGS) >= PROJECT_ORGS_MAX:
+            _PROJECT_ORGS.clear()
+        _PROJECT_ORGS[project_id] = org_id
+    return org_id
 
 
 class UnscopedQueryError(RuntimeError):
@@ -192,6 +214,7 @@ class TenantModel(ScopedModel):
     def from_db(cls, db, field_names, values):  # type: ignore[no-untyped-def]
         obj = super().from_db(db, field_names, values)
         obj._loaded_organization_id = getattr(obj, "organization_id", None)
+        obj._loaded_project_id = obj.__dict__.get("project_id")  # a deferred project is not loaded for this
         return obj
 
     def check_tenant_consistency(self) -> None:
@@ -201,11 +224,12 @@ class TenantModel(ScopedModel):
             cached = self._state.fields_cache.get("project")
             if cached is not None and cached.pk == project_id:
                 project_org_id = cached.organization_id
+            elif (project_id == getattr(self, "_loaded_project_id", None)
+                  and org_id == getattr(self, "_loaded_organization_id", None)):
+                # the pair as loaded was checked when it was written: an update that keeps both needs no query
+                project_org_id = org_id
             else:
-                from apps.accounts.models import Project
-
-                rows = Project._base_manager.filter(pk=project_id).values_list("organization_id", flat=True)
-                project_org_id = rows.first()
+                project_org_id = project_organization_id(project_id)
             if org_id is None:
                 self.organization_id = org_id = project_org_id
             elif project_org_id != org_id:
@@ -224,3 +248,4 @@ class TenantModel(ScopedModel):
         self.check_tenant_consistency()
         super().save(*args, **kwargs)
         self._loaded_organization_id = self.organization_id
+        self._loaded_project_id = getattr(self, "project_id", None)

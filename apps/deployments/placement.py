@@ -17,7 +17,7 @@ from apps.accounts.models import Organization, Project, User
 from apps.catalog.models import HardwareProfile, Image, ImageCopy, image_usable_by_project
 from apps.catalog.profiles import cheapest, profile_mapping
 from apps.clouds.models import CloudAccount, Flavor
-from apps.clouds.selectors import can_launch
+from apps.clouds.selectors import can_launch, live_grants
 from apps.core.permissions import ServiceError
 
 
@@ -56,9 +56,10 @@ def placement_candidates(
     fits = {(f.account.pk, f.region): f for f in profile_mapping(profile, organization=organization, image=image)}
     candidates: list[Candidate] = []
     rejections: list[Rejection] = []
+    grants = live_grants(project)
     for fit in cheapest(fits.values()) + [f for f in fits.values() if f.flavor is None]:
         where = f"{fit.account.name}/{fit.region}"
-        decision = can_launch(user, fit.account, fit.region, project)
+        decision = can_launch(user, fit.account, fit.region, project, grants=grants)
         if not decision:
             rejections.append(Rejection(where, decision.reason))
         elif (fit.account.pk, fit.region) not in copies:

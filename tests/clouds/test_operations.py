@@ -21,7 +21,7 @@ from apps.clouds.operations import (
     operation_start,
 )
 from apps.clouds.operations_tasks import operation_enqueue, operations_resume
-from apps.clouds.sim.models import SimPublicIP, SimServer
+from apps.clouds.sim.models import SimCloud, SimPublicIP, SimServer
 from apps.clouds.sim.services import sim_advance, sim_call_count, sim_cloud_create, sim_fault_add
 from tests.clouds.fixtures_sim import SIM_DATABASES
 
@@ -92,6 +92,16 @@ def test_create_with_public_ip_tags_and_resumes_after_waiting(account, settings)
     assert op.result["server_id"] == row.server_id
     server = SimDriver(credentials={"api_key": KEY}, region="r1", endpoint=EP).get_server(row.server_id)
     assert server.public_ips == (op.result["public_ip"],)
+
+
+def test_the_address_step_reads_the_addresses_the_wait_just_saw(account):
+    SimCloud.objects.filter(endpoint=EP).update(durations={"build": 5})
+    op = _start(account, **SERVER, want_public_ip=True)
+    op = _drive(op)
+    assert op.state == "succeeded" and op.result["public_ip"]
+    # two looks while waiting (building, then running after the clock moved), none more for the address step
+    assert sim_call_count(EP, "get_server") == 2
+    assert sim_call_count(EP, "allocate_public_ip") == 1 and sim_call_count(EP, "attach_public_ip") == 1
 
 
 def test_crash_after_provider_create_never_makes_a_second_server(account):

@@ -152,6 +152,9 @@ class CreateServer:
     key_name: str | None = None
     # the firewall (security group) from ensure_firewall that opens the server's ports; None: the provider's default
     firewall_id: str | None = None
+    # its name as given to ensure_firewall: a provider that takes groups by name (EC2's default VPC) needs no
+    # look-up of the id before the create
+    firewall_name: str | None = None
     user_data: str | None = None
     # the installation id and operation id go here (skyport:installation, skyport:operation): a retry after a
     # crash finds what the first attempt created instead of creating a second server

@@ -958,7 +958,9 @@ class EC2Driver(LibcloudDriver):
             if request.firewall_id:
                 if request.network_id:
                     kwargs["ex_security_group_ids"] = [request.firewall_id]
-                else:  # the default VPC's default subnet: groups go by name
+                elif request.firewall_name:  # the default VPC's default subnet: groups go by name
+                    kwargs["ex_security_groups"] = [request.firewall_name]
+                else:  # only the id is known: look its name up
                     group = nd.ex_get_security_groups(group_ids=[request.firewall_id])
                     kwargs["ex_security_groups"] = [group[0].name] if group else []
             node = nd.create_node(**kwargs)
@@ -968,23 +970,32 @@ class EC2Driver(LibcloudDriver):
         groups = self.node_driver.ex_get_security_groups(filters={"group-name": name})
         return str(groups[0].id) if groups else None
 
+    def _create_security_group(self, name: str, tags: dict[str, str]) -> str:
+        """CreateSecurityGroup with its tags in the same call (TagSpecification): no CreateTags after it."""
+        params: dict[str, Any] = {"Action": "CreateSecurityGroup", "GroupName": name,
+                                  "GroupDescription": "Opened by Skyport for a deployment"}
+        if tags:
+            params["TagSpecification.1.ResourceType"] = "security-group"
+            for index, (key, value) in enumerate(tags.items(), start=1):
+                params[f"TagSpecification.1.Tag.{index}.Key"] = key
+                params[f"TagSpecification.1.Tag.{index}.Value"] = value
+        return str(findtext(element=self._ec2(params), xpath="groupId", namespace=NAMESPACE))
+
     def ensure_firewall(self, name: str, rules: list[dict[str, Any]], *, tags: dict[str, str]) -> str:
-        """A security group in the region's default VPC, found by name first (a retry reuses it), its rules added
+        """A security group in the region's default VPC: created with its tags in one call, or, when the name is
+        taken (a retry, or another server of the same role), the existing one found by name. Its rules are added
         one by one (a rule that is already there is fine)."""
         nd = self.node_driver
         with self._errors("creating the security group"):
-            group_id = self._security_group_id(name)
-            if group_id is None:
-                try:
-                    group_id = str(nd.ex_create_security_group(name, "Opened by Skyport for a deployment")["group_id"])
-                except BaseHTTPError as exc:
-                    if "InvalidGroup.Duplicate" not in str(exc.message):
-                        raise
-                    group_id = self._security_group_id(name)  # created meanwhile by a concurrent attempt
-                    if group_id is None:
-                        raise
-                if tags:
-                    nd.ex_create_tags(SimpleNamespace(id=group_id), dict(tags))
+            try:
+                group_id = self._create_security_group(name, dict(tags))
+            except BaseHTTPError as exc:
+                if "InvalidGroup.Duplicate" not in str(exc.message):
+                    raise
+                found = self._security_group_id(name)
+                if found is None:
+                    raise
+                group_id = found
             for rule in rules:
                 try:
                     nd.ex_authorize_security_group_ingress(

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 from django.db import transaction
+from django.db.models import Count
 
 from apps.clouds.drivers.base import (
     AuthError,
@@ -355,13 +356,16 @@ class SimDriver(CloudDriver):
         live = SimServer.objects.filter(cloud=cloud, deleted_at__isnull=True).exclude(state=ServerState.DELETED)
         used = {"instances": 0, "vcpus": 0, "ram_mb": 0}
         region_vcpus = 0
-        for server in live:
-            size = cloud.size(server.pending_size_id or server.size_id) or {"vcpus": 0, "ram_mb": 0}
-            used["instances"] += 1
-            used["vcpus"] += int(size["vcpus"])
-            used["ram_mb"] += int(size["ram_mb"])
-            if server.region == self.region:
-                region_vcpus += int(size["vcpus"])
+        # counted per size and region in the database: a cloud with many servers is not read row by row per create
+        groups = live.values("size_id", "pending_size_id", "region").annotate(n=Count("id")).order_by()
+        for group in groups:
+            size = cloud.size(group["pending_size_id"] or group["size_id"]) or {"vcpus": 0, "ram_mb": 0}
+            count = int(group["n"])
+            used["instances"] += count
+            used["vcpus"] += int(size["vcpus"]) * count
+            used["ram_mb"] += int(size["ram_mb"]) * count
+            if group["region"] == self.region:
+                region_vcpus += int(size["vcpus"]) * count
         wanted = {"instances": instances, "vcpus": vcpus, "ram_mb": ram_mb}
         for key, amount in wanted.items():
             limit = cloud.quotas.get(key)

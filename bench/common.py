@@ -1,0 +1,151 @@
+"""What every benchmark shares: the set-up it prints first, the refusals (SQLite, eager Celery), percentiles, and
+the results file that docs/performance.md is written from.
+
+A benchmark is a module with a `main()`; it prints its set-up, measures, prints percentiles and ratios against a
+baseline measured in the same run, and saves them to bench/results/<name>.json. It never asserts a time: the
+test suite does not run it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def say(text: str) -> None:
+    print(f"[bench] {text}", flush=True)
+
+
+def refuse(reason: str) -> None:
+    """Stop with exit code 2 and the reason: the benchmark cannot mean anything in this set-up."""
+    print(f"[bench] refused: {reason}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _redacted(url: str) -> str:
+    """A service URL without its password: set-up lines are printed and saved."""
+    if not url:
+        return "(not set)"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def require_postgres() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://", "pgsql://")):
+        refuse("this benchmark measures PostgreSQL: set DATABASE_URL=postgres://... (SQLite numbers would mislead)")
+    return url
+
+
+def require_redis() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    if not url.startswith(("redis://", "rediss://")):
+        refuse("this benchmark needs Redis (channel layer, broker, cache): set REDIS_URL=redis://...")
+    return url
+
+
+def require_real_workers() -> None:
+    if os.environ.get("CELERY_TASK_ALWAYS_EAGER", "").lower() in {"1", "true", "yes", "on"}:
+        refuse("this benchmark measures real Celery workers: unset CELERY_TASK_ALWAYS_EAGER")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("django", "djangorestframework", "channels", "channels-redis", "daphne", "celery", "psycopg",
+                 "apache-libcloud", "moto", "redis"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def postgres_version(url: str) -> str:
+    try:
+        import psycopg
+
+        parts = urlsplit(url)
+        with psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
+                             user=parts.username or "postgres", dbname="postgres", connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            return str(row[0]) if row else "?"
+    except Exception as exc:  # a set-up line, never a reason to stop
+        return f"unknown ({type(exc).__name__})"
+
+
+def print_setup(name: str, **details: Any) -> dict[str, Any]:
+    """Print and return what the numbers depend on: machine, services, versions and the benchmark's own knobs."""
+    database = os.environ.get("DATABASE_URL", "")
+    setup: dict[str, Any] = {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "database": _redacted(database) if database else "(not set)",
+        "redis": _redacted(os.environ.get("REDIS_URL", "")),
+        "versions": versions(),
+        **details,
+    }
+    if database.startswith(("postgres://", "postgresql://", "pgsql://")):
+        setup["postgresql"] = postgres_version(database)
+    say(f"set-up of {name}:")
+    for key, value in setup.items():
+        if key == "benchmark":
+            continue
+        text = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        say(f"  {key}: {text}")
+    return setup
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary(values: Iterable[float]) -> dict[str, float]:
+    data = list(values)
+    return {"n": len(data), "p50": percentile(data, 50), "p95": percentile(data, 95),
+            "max": max(data) if data else math.nan}
+
+
+def save(name: str, setup: dict[str, Any], results: dict[str, Any]) -> Path:
+    """Write bench/results/<name>.json (set-up + results) and print where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"setup": setup, "results": results}, indent=2, default=str) + "\n")
+    say(f"results saved to {path.relative_to(ROOT)}")
+    return path
+
+
+def verdict(label: str, value: float, target: float, *, higher_is_better: bool = False, unit: str = "") -> bool:
+    """Print `label: value (target ...): met/missed` and return whether the target was met."""
+    met = value >= target if higher_is_better else value <= target
+    sign = "≥" if higher_is_better else "≤"
+    say(f"{label}: {value:.2f}{unit} (target {sign} {target:g}{unit}): {'met' if met else 'MISSED'}")
+    return met
+
+
+def headline(metric: str, value: float | str, target: str, met: bool) -> dict[str, Any]:
+    """One row of the table in docs/performance.md (`python -m bench --record`): save it under results["headline"]."""
+    shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+    return {"metric": metric, "value": shown, "target": target, "met": bool(met)}

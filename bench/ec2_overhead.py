@@ -1,0 +1,377 @@
+"""Portal overhead against direct libcloud: the same EC2 launches against the same moto server, in the same run.
+
+    python -m bench.ec2_overhead [--launches 50] [--clients 5]
+
+moto runs as its own process (`moto_server`); a small counting proxy in this process sits in front of it, so every
+EC2 call of either side is counted by its Action where it arrives. Both sides use the same libcloud connection
+adapted to moto's dialect (tests/clouds/moto_adapter.py: namespaces, empty bodies; nothing that adds calls).
+
+ (a) direct: what a careful libcloud user does for the launch Skyport makes of an image catalog item (port 22
+     open, a public address): create and open a security group, create_node with it and the tags, poll
+     DescribeInstances at Skyport's poll interval until running, and allocate and associate an Elastic IP only
+     when the instance has no public address (the default subnet gives one);
+ (b) Skyport: `POST /api/v1/deployments/` (PostgreSQL + Redis + daphne + a real Celery worker + beat) until the
+     API reports the deployment active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import http.server
+import json
+import os
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from bench.common import (
+    print_setup,
+    require_postgres,
+    require_real_workers,
+    require_redis,
+    save,
+    say,
+    summary,
+    verdict,
+)
+from bench.stack import HOST, VENV_BIN, Stack
+
+NAME = "ec2_overhead"
+ADAPTER_ENV = "SKYPORT_BENCH_MOTO_ADAPTER"
+REGION = "us-east-1"
+AMI = {
+    "ami_id": "ami-0a5c3558529277641", "name": "bench-ubuntu-22.04-x86_64", "description": "Ubuntu for the benchmark",
+    "owner_id": "123456789012", "public": False, "state": "available", "architecture": "x86_64", "platform": None,
+    "image_location": "bench/ubuntu", "image_type": "machine", "root_device_type": "ebs",
+    "root_device_name": "/dev/sda1", "virtualization_type": "hvm", "hypervisor": "xen", "sriov": "simple",
+}
+TARGET_RATIO = 1.5
+TARGET_EXTRA_CALLS = 1.0
+
+
+def use_moto_adapter() -> None:
+    """In the benchmark's worker and shell: the registry's "ec2" kind talks moto's dialect (test adapter)."""
+    from apps.clouds import drivers
+
+    drivers.DRIVER_PATHS["ec2"] = "tests.clouds.moto_adapter.MotoEC2Driver"
+
+
+# --- counting proxy ---------------------------------------------------------------------------------------------
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.actions: Counter[str] = Counter()
+
+    def add(self, action: str) -> None:
+        with self.lock:
+            self.actions[action] += 1
+
+    def take(self) -> Counter[str]:
+        with self.lock:
+            taken, self.actions = self.actions, Counter()
+        return taken
+
+
+def _action(path: str, body: bytes) -> str:
+    query = urllib.parse.urlsplit(path).query
+    for source in (query, body.decode("utf-8", "replace")):
+        found = urllib.parse.parse_qs(source).get("Action")
+        if found:
+            return found[0]
+    return "(other)"
+
+
+def start_proxy(port: int, upstream: int, counts: Counts) -> socketserver.ThreadingTCPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if not self.path.startswith("/moto-api"):
+                counts.add(_action(self.path, body))
+            conn = http.client.HTTPConnection(HOST, upstream, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_POST = do_DELETE = do_PUT = _forward
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    server = socketserver.ThreadingTCPServer((HOST, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def start_moto(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    amis = workdir / "amis.json"
+    amis.write_text(json.dumps([AMI]))
+    env = {**os.environ, "MOTO_ENABLE_AMI_VALIDATION": "true", "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
+           "MOTO_ENABLE_KEYPAIR_VALIDATION": "true", "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+           "MOTO_AMIS_PATH": str(amis)}
+    log = open(workdir / "moto.log", "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", HOST, "-p", str(port)], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(HOST, port, timeout=2)
+            conn.request("GET", "/moto-api/data.json")
+            conn.getresponse().read()
+            return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("moto_server did not start")
+
+
+# --- (a) direct libcloud ----------------------------------------------------------------------------------------
+
+
+def direct_driver(endpoint_port: int) -> Any:
+    """Stock libcloud EC2 with only the moto dialect adapter (the connection class the tests use)."""
+    from libcloud.compute.drivers.ec2 import EC2NodeDriver
+
+    from tests.clouds.moto_adapter import MotoEC2Connection
+
+    cls = type("DirectMotoEC2", (EC2NodeDriver,), {"connectionCls": MotoEC2Connection})
+    return cls("bench", "bench-secret", region=REGION, host=HOST, port=endpoint_port, secure=False,
+               signature_version="4")
+
+
+def direct_launch(driver: Any, index: int, run: str, poll: float) -> float:
+    """One launch as a careful user scripts it; returns seconds from the first call to running with an address."""
+    from libcloud.compute.types import NodeState
+
+    started = time.monotonic()
+    name = f"direct-{run}-{index}"
+    group = driver.ex_create_security_group(name, "port 22 for the benchmark")["group_id"]
+    driver.ex_authorize_security_group_ingress(group, 22, 22, cidr_ips=["0.0.0.0/0"])
+    node = driver.create_node(name=name, size=SimpleNamespace(id="t3.micro"), image=SimpleNamespace(id=AMI["ami_id"]),
+                              ex_security_groups=[name], ex_metadata={"bench": run})
+    while True:
+        [node] = driver.list_nodes(ex_node_ids=[node.id])
+        if node.state == NodeState.RUNNING:
+            break
+        time.sleep(poll)
+    if not node.public_ips:  # the default subnet usually gives it one, as Skyport checks too
+        address = driver.ex_allocate_address(domain="vpc")
+        driver.ex_associate_address_with_node(node, address, domain="vpc")
+    return time.monotonic() - started
+
+
+# --- (b) through Skyport ----------------------------------------------------------------------------------------
+
+
+def prepare(stack: Stack, endpoint: str) -> tuple[str, int, str]:
+    """The demo's organisation plus an EC2 account on moto (synced), granted to `web`, with an approved image copy
+    and a catalog item; no quotas in the way; a write token for connor."""
+    out = stack.shell(
+        f"import bench.ec2_overhead as b; b.use_moto_adapter(); "
+        "from apps.accounts.models import User, Organization, Project; from apps.accounts import services; "
+        "from apps.catalog.models import CatalogItem, CatalogPublication, HardwareProfile, Image, ImageCopy; "
+        "from apps.clouds.models import CloudAccount, CloudGrant; from apps.clouds.services import sync_account; "
+        "from apps.deployments.models import Quota, Hook; "
+        "Quota.objects.all_tenants().update(max_instances=None, max_vcpus=None, max_ram_mb=None, max_disk_gb=None); "
+        "Hook.objects.all_tenants().update(is_enabled=False); "
+        "acme = Organization.objects.all_tenants().get(slug='acme'); "
+        "web = Project.objects.all_tenants().get(slug='web'); "
+        f"a = CloudAccount(organization=acme, name='EC2 moto', slug='ec2-moto', kind='ec2', endpoint={endpoint!r}, "
+        f"regions=[{REGION!r}], default_region={REGION!r}, options={{}}); "
+        "a.set_credentials({'access_key': 'bench', 'secret_key': 'bench-secret'}, secret_field='secret_key'); "
+        "a.save(); "
+        "r = sync_account(account=a); assert r.ok, r; "
+        "CloudGrant.objects.create(organization=acme, account=a, project=web); "
+        "img = Image.objects.create(organization=acme, project=web, name='Ubuntu', version='22.04', os='Ubuntu', "
+        "source=Image.Source.UPLOAD, state=Image.State.READY, disk_format='raw', approval=Image.Approval.APPROVED, "
+        "arch='x86_64'); "
+        f"ImageCopy.objects.create(organization=acme, image=img, account=a, region={REGION!r}, "
+        f"state=ImageCopy.State.AVAILABLE, provider_image_id={AMI['ami_id']!r}); "
+        "p = HardwareProfile.objects.create(organization=acme, name='bench-micro', slug='bench-micro', vcpus=1, "
+        "ram_mb=1024); "
+        "item = CatalogItem.objects.create(organization=acme, project=web, name='Ubuntu on EC2', slug='ubuntu-ec2', "
+        "kind=CatalogItem.Kind.IMAGE, image=img, profile=p); "
+        "CatalogPublication.objects.create(organization=acme, item=item, project=web); "
+        "u = User.objects.get(username='connor'); "
+        "print(services.token_create(actor=u, organization=acme, name='bench', scope='write')[1]); "
+        "print(web.pk)")
+    secret, project = out.split()[-2:]
+    return secret, int(project), "ec2-moto"
+
+
+def api(port: int, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                     headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def skyport_launch(port: int, token: str, project: int, cloud: str, index: int, run: str,
+                   watch_every: float) -> float:
+    """One launch through the API; returns seconds from the request until the API says active."""
+    started = time.monotonic()
+    status, body = api(port, token, "POST", "/api/v1/deployments/",
+                       {"project": project, "catalog_item": "ubuntu-ec2", "cloud": cloud, "name": f"s{run}-{index}"})
+    if status != 201:
+        raise RuntimeError(f"launch answered {status}: {json.dumps(body)[:300]}")
+    deployment = body["id"]
+    deadline = started + 300
+    while time.monotonic() < deadline:
+        status, body = api(port, token, "GET", f"/api/v1/deployments/{deployment}/")
+        if body.get("state") == "active":
+            return time.monotonic() - started
+        if body.get("state") in ("failed", "partially_failed"):
+            raise RuntimeError(f"deployment {deployment} {body.get('state')}: {body.get('state_message')}")
+        time.sleep(watch_every)
+    raise RuntimeError(f"deployment {deployment} not active after 300 s")
+
+
+def run_all(fn: Any, launches: int, clients: int) -> tuple[list[float], list[str], float]:
+    times: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        try:
+            took = fn(index)
+        except Exception as exc:
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            return
+        with lock:
+            times.append(took)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(launches)))
+    return times, errors, time.monotonic() - started
+
+
+def per_launch(counts: Counter[str], launches: int) -> dict[str, float]:
+    return {action: round(n / launches, 2) for action, n in sorted(counts.items())}
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.ec2_overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--launches", type=int, default=int(os.environ.get("BENCH_EC2_LAUNCHES", 50)))
+    parser.add_argument("--clients", type=int, default=5, help="launches in flight at once, on both sides")
+    parser.add_argument("--port", type=int, default=8625, help="daphne")
+    parser.add_argument("--moto-port", type=int, default=5621)
+    parser.add_argument("--proxy-port", type=int, default=5620)
+    parser.add_argument("--watch-every", type=float, default=0.25, help="seconds between API polls of (b)")
+    parser.add_argument("--database", default="skyport_bench_ec2")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    stack = Stack(database=args.database, redis_db=4, port=args.port, extra_env={ADAPTER_ENV: "1"})
+    os.environ.setdefault("DATABASE_URL", stack.database_url)
+    os.environ.setdefault("REDIS_URL", stack.redis_url)
+    require_postgres()
+    require_redis()
+    require_real_workers()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    import django
+
+    django.setup()  # the poll interval and the libcloud adapter come from the project itself
+    from apps.clouds.operations import POLL_SECONDS
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ec2-"))
+    moto = start_moto(args.moto_port, workdir)
+    counts = Counts()
+    proxy = start_proxy(args.proxy_port, args.moto_port, counts)
+    endpoint = f"http://{HOST}:{args.proxy_port}"
+    run = uuid.uuid4().hex[:6]
+    try:
+        with stack:
+            stack.prepare()
+            token, project, cloud = prepare(stack, endpoint)
+            counts.take()  # the account's sync is set-up, not launches
+            stack.start(workers=1, concurrency=2, worker_module="bench.ec2_overhead")
+            setup = print_setup(
+                NAME, database=stack.database_url, redis=stack.redis_url, launches=args.launches,
+                clients=args.clients, poll_seconds=POLL_SECONDS, moto=f"moto_server on {HOST}:{args.moto_port}, "
+                f"counted by a proxy on {args.proxy_port}", load_before=os.getloadavg(),
+                processes="daphne x1, Celery worker x1 (prefork, concurrency 2), Celery beat x1")
+
+            driver = direct_driver(args.proxy_port)
+            direct, direct_errors, direct_wall = run_all(
+                lambda i: direct_launch(driver, i, run, POLL_SECONDS), args.launches, args.clients)
+            direct_calls = counts.take()
+            say(f"(a) direct libcloud: {len(direct)}/{args.launches} running in {direct_wall:.1f} s")
+
+            portal, portal_errors, portal_wall = run_all(
+                lambda i: skyport_launch(args.port, token, project, cloud, i, run, args.watch_every),
+                args.launches, args.clients)
+            time.sleep(POLL_SECONDS + 1)  # calls still in flight after the last active (none expected)
+            portal_calls = counts.take()
+            say(f"(b) Skyport: {len(portal)}/{args.launches} active in {portal_wall:.1f} s")
+            dead = stack.alive()
+    finally:
+        proxy.shutdown()
+        moto.terminate()
+        moto.wait(10)
+
+    a, b = summary(direct), summary(portal)
+    ratio50 = b["p50"] / a["p50"] if a["p50"] else float("nan")
+    ratio95 = b["p95"] / a["p95"] if a["p95"] else float("nan")
+    calls_a = sum(direct_calls.values()) / args.launches
+    calls_b = sum(portal_calls.values()) / args.launches
+    results = {
+        "launches": args.launches, "clients": args.clients, "poll_seconds": POLL_SECONDS,
+        "direct_s": a, "skyport_s": b, "ratio_p50": ratio50, "ratio_p95": ratio95,
+        "added_ms_p50": (b["p50"] - a["p50"]) * 1000, "added_ms_p95": (b["p95"] - a["p95"]) * 1000,
+        "direct_calls_per_launch": per_launch(direct_calls, args.launches),
+        "skyport_calls_per_launch": per_launch(portal_calls, args.launches),
+        "direct_calls_total_per_launch": calls_a, "skyport_calls_total_per_launch": calls_b,
+        "errors": {"direct": direct_errors[:5], "skyport": portal_errors[:5]}, "exited_processes": dead,
+        "load_after": os.getloadavg(),
+    }
+    say(f"(a) direct:  p50 {a['p50']:.2f} s, p95 {a['p95']:.2f} s")
+    say(f"(b) Skyport: p50 {b['p50']:.2f} s, p95 {b['p95']:.2f} s")
+    say(f"Skyport adds {results['added_ms_p50']:.0f} ms at p50, {results['added_ms_p95']:.0f} ms at p95 "
+        f"(ratio {ratio50:.2f}x p50, {ratio95:.2f}x p95)")
+    say(f"EC2 calls per launch, counted at moto: direct {calls_a:.2f} {results['direct_calls_per_launch']}")
+    say(f"                                       Skyport {calls_b:.2f} {results['skyport_calls_per_launch']}")
+    for label, errors in (("direct", direct_errors), ("Skyport", portal_errors)):
+        if errors:
+            say(f"{label} errors ({len(errors)}): {errors[:3]}")
+    verdict("Skyport / direct at p50", ratio50, TARGET_RATIO, unit="x")
+    verdict("extra EC2 calls per launch", calls_b - calls_a, TARGET_EXTRA_CALLS)
+    save(NAME, setup, results)
+
+
+if os.environ.get(ADAPTER_ENV) == "1":
+    use_moto_adapter()
+
+if __name__ == "__main__":
+    main()
