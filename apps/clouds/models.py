@@ -240,7 +240,13 @@ class Operation(TenantModel):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"]),
+            # the next key of an instance's operations counts `d<dep>-i<inst>-%`: a prefix match, which a default
+            # B-tree cannot serve under a non-C collation (PostgreSQL; the opclasses are ignored elsewhere)
+            models.Index(fields=["organization", "idempotency_key"], opclasses=["int8_ops", "varchar_pattern_ops"],
+                         name="operation_key_prefix"),
+        ]
         constraints = [
             models.UniqueConstraint("organization", "idempotency_key", name="operation_idempotency_key_unique_in_org")
         ]
