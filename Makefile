@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test test-postgres test-e2e lint serve clean
+.PHONY: install demo test test-postgres test-e2e lint serve bench clean
 
 $(UV):
 	$(PY) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target $(TOOLS) uv
@@ -58,6 +58,14 @@ serve: install
 	else \
 	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) portal.asgi:application; \
 	fi
+
+# benchmarks: PostgreSQL and Redis of this machine unless DATABASE_URL / REDIS_URL say otherwise (each benchmark
+# makes and drops its own database; a SQLite DATABASE_URL or eager Celery is refused). BENCH_ARGS="list_scale" runs
+# one; --record writes the headline figures into docs/performance.md.
+bench: install
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/skyport_bench} \
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/7} \
+	$(PYTHON) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) staticfiles
