@@ -131,6 +131,8 @@ def summary(values: Iterable[float]) -> dict[str, float]:
 def save(name: str, setup: dict[str, Any], results: dict[str, Any]) -> Path:
     """Write bench/results/<name>.json (set-up + results) and print where."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if "headline" not in results and VERDICTS:
+        results = {**results, "headline": list(VERDICTS)}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"setup": setup, "results": results}, indent=2, default=str) + "\n")
     say(f"results saved to {path.relative_to(ROOT)}")
@@ -142,7 +144,12 @@ def verdict(label: str, value: float, target: float, *, higher_is_better: bool =
     met = value >= target if higher_is_better else value <= target
     sign = "≥" if higher_is_better else "≤"
     say(f"{label}: {value:.2f}{unit} (target {sign} {target:g}{unit}): {'met' if met else 'MISSED'}")
+    VERDICTS.append(headline(label, f"{value:.2f}{unit}", f"{sign} {target:g}{unit}", met))
     return met
+
+
+# the verdicts printed so far: save() writes them as the results' headline rows unless the benchmark gave its own
+VERDICTS: list[dict[str, Any]] = []
 
 
 def headline(metric: str, value: float | str, target: str, met: bool) -> dict[str, Any]:

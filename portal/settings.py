@@ -123,7 +123,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SKYPORT_REDIS_PREFIX}:asgi"},
+            # channels-redis queues the messages for all the sockets of one web process under one key and drops
+            # what arrives while `capacity` messages wait there (its default, 100, is a few seconds of events for a
+            # process that relays each of them to hundreds of watchers); `expiry` (seconds) drops messages left
+            # unread that long, which only a stuck process leaves
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SKYPORT_REDIS_PREFIX}:asgi",
+                       "capacity": env.int("SKYPORT_CHANNEL_CAPACITY", default=2000),
+                       "expiry": env.int("SKYPORT_CHANNEL_EXPIRY", default=60)},
         }
     }
     CACHES = {
@@ -158,7 +164,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-approvals": {"task": "apps.deployments.tasks.approvals_expire", "schedule": 60.0},
     "enforce-leases": {"task": "apps.deployments.tasks.leases_enforce", "schedule": 60.0},
     "resume-deployments": {"task": "apps.deployments.tasks.deployments_resume", "schedule": 30.0},
-    "reconcile": {"task": "apps.deployments.reconciler_tasks.reconcile_tick", "schedule": 5.0},
+    # every second: a tick with nothing due costs a few small queries, and a watched change shows within seconds;
+    # a tick the workers could not start within two seconds is dropped (the next one does the same work)
+    "reconcile": {"task": "apps.deployments.reconciler_tasks.reconcile_tick", "schedule": 1.0,
+                  "options": {"expires": 2.0}},
     "resume-hook-deliveries": {"task": "apps.deployments.hook_tasks.hook_deliveries_resume", "schedule": 30.0},
 }
 # task modules outside `<app>.tasks` that workers must load

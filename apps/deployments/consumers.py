@@ -25,12 +25,13 @@ the deployment again (`GET /api/v1/deployments/<id>/`). A user who may see no de
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
+from functools import lru_cache
 from importlib import import_module
-from typing import Any
+from typing import Any, NamedTuple
 
-from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -67,6 +68,13 @@ def _deployment_id(value: Any) -> int | None:
     return None
 
 
+@lru_cache(maxsize=1024)
+def _event_text(values: tuple[Any, ...]) -> str:
+    """The JSON of one deployment event, encoded once per process however many sockets relay it (a watched
+    deployment can have hundreds of watchers on one server)."""
+    return json.dumps({"type": "deployment.event", **dict(zip(EVENT_FIELDS, values, strict=True))})
+
+
 def _touch_presence(deployment_ids: list[int]) -> None:
     """Tell the reconciler that someone is watching: it then syncs these deployments often. Presence is a hint, so
     a cache that cannot be reached must not break the socket."""
@@ -79,6 +87,15 @@ def _touch_presence(deployment_ids: list[int]) -> None:
             watch_touch(deployment_id)
         except Exception:
             log.warning("could not record that deployment %s is watched", deployment_id, exc_info=True)
+
+
+class Watched(NamedTuple):
+    """A watched deployment as the socket needs it: what to tell the client and which groups carry its events."""
+
+    sequence: int
+    state: str
+    project_id: int
+    organization_id: int
 
 
 class DeploymentConsumer(AsyncJsonWebsocketConsumer):
@@ -145,7 +162,7 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
                 return
             await self.send_json({"type": "pong"})
             if self.watching:
-                await sync_to_async(_touch_presence)(sorted(self.watching))
+                await database_sync_to_async(_touch_presence)(sorted(self.watching))
         elif kind == "watch":
             await self._watch(content.get("deployment"))
         elif kind == "unwatch":
@@ -160,7 +177,12 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             if sequence <= self.last_sequence.get(deployment_id, 0):
                 return  # already relayed through another group (or older than what the client was told)
             self._remember(deployment_id, sequence)
-        await self.send_json({"type": "deployment.event", **{k: event.get(k) for k in EVENT_FIELDS}})
+        values = tuple(event.get(k) for k in EVENT_FIELDS)
+        try:
+            text = _event_text(values)
+        except TypeError:  # an unhashable field (never sent by events.py): encode it for this socket alone
+            text = json.dumps({"type": "deployment.event", **dict(zip(EVENT_FIELDS, values, strict=True))})
+        await self.send(text_data=text)
 
     async def access_changed(self, event: dict[str, Any]) -> None:
         await self._refresh_access()
@@ -176,9 +198,15 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             self.groups_joined.discard(group)
         await self._join(groups)
         visible = await self._visible(self.watching)
-        for deployment_id in sorted(self.watching - visible):
+        for deployment_id in sorted(self.watching - set(visible)):
             await self._drop_watch(deployment_id)
             await self.send_json({"type": "error", "deployment": deployment_id, "error": NOT_FOUND})
+        for deployment_id, row in sorted(visible.items()):
+            # still visible, but perhaps no longer through a group the socket is in (an object grant remains)
+            group = deployment_group(deployment_id)
+            if not self._covered(row) and group not in self.groups_joined:
+                await self.channel_layer.group_add(group, self.channel_name)
+                self.groups_joined.add(group)
         # from here on the socket follows the new roles; a list on screen may be missing deployments
         await self.send_json({"type": "access.changed"})
 
@@ -200,24 +228,27 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "deployment": deployment_id,
                                   "error": f"a socket watches at most {MAX_WATCHED} deployments: unwatch some"})
             return
-        # join before reading: an event committed after the read reaches the socket; one committed before it
-        # carries a number the client is told is already current, and is dropped
-        group = deployment_group(deployment_id)
-        joined_here = group not in self.groups_joined
-        if joined_here:
-            await self.channel_layer.group_add(group, self.channel_name)
         current = await self._current(deployment_id)
-        if current is None:
+        if current is not None and not self._covered(current):
+            # join before reading again: an event committed after the read reaches the socket; one committed
+            # before it carries a number the client is told is already current, and is dropped
+            group = deployment_group(deployment_id)
+            joined_here = group not in self.groups_joined
             if joined_here:
+                await self.channel_layer.group_add(group, self.channel_name)
+            current = await self._current(deployment_id)
+            if current is None and joined_here:
                 await self.channel_layer.group_discard(group, self.channel_name)
+            elif current is not None:
+                self.groups_joined.add(group)
+        if current is None:
             await self.send_json({"type": "error", "deployment": deployment_id, "error": NOT_FOUND})
             return
-        sequence, state = current
-        self.groups_joined.add(group)
+        sequence, state = current.sequence, current.state
         self.watching.add(deployment_id)
         self._remember(deployment_id, max(sequence, self.last_sequence.get(deployment_id, 0)))
         await self.send_json({"type": "watching", "deployment": deployment_id, "sequence": sequence, "state": state})
-        await sync_to_async(_touch_presence)([deployment_id])
+        await database_sync_to_async(_touch_presence)([deployment_id])
 
     async def _unwatch(self, raw: Any) -> None:
         deployment_id = _deployment_id(raw)
@@ -278,25 +309,34 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             projects = {p for p in projects if access.project_roles[p][0] == self.token_organization_id}
         return {org_deployments_group(o) for o in orgs} | {project_deployments_group(p) for p in projects}
 
+    def _covered(self, row: Watched) -> bool:
+        """The socket already receives this deployment's events through its project or organisation group: joining
+        the deployment's own group too would deliver every event twice (dropped here, but relayed to every watcher
+        socket by the server first)."""
+        return bool({project_deployments_group(row.project_id), org_deployments_group(row.organization_id)}
+                    & self.groups_joined)
+
     @database_sync_to_async
-    def _current(self, deployment_id: int) -> tuple[int, str] | None:
-        """(sequence, state) of a deployment the user may see, read with fresh memberships; None for one that does
-        not exist and one the user may not see alike."""
+    def _current(self, deployment_id: int) -> Watched | None:
+        """A deployment the user may see (its sequence, state and where its events go), read with fresh
+        memberships; None for one that does not exist and one the user may not see alike."""
         from apps.deployments.models import Deployment
 
         self._refresh_access_now()
-        row = Deployment.objects.for_user(self.user, VIEW).filter(pk=deployment_id).values_list("sequence", "state")
-        found = row.first()
-        return (int(found[0]), str(found[1])) if found is not None else None
+        rows = Deployment.objects.for_user(self.user, VIEW).filter(pk=deployment_id)
+        found = rows.values_list("sequence", "state", "project_id", "organization_id").first()
+        return Watched(int(found[0]), str(found[1]), int(found[2]), int(found[3])) if found is not None else None
 
     @database_sync_to_async
-    def _visible(self, deployment_ids: set[int]) -> set[int]:
+    def _visible(self, deployment_ids: set[int]) -> dict[int, Watched]:
         from apps.deployments.models import Deployment
 
         if not deployment_ids:
-            return set()
+            return {}
         rows = Deployment.objects.for_user(self.user, VIEW).filter(pk__in=deployment_ids)
-        return set(rows.values_list("pk", flat=True))
+        return {pk: Watched(int(sequence), str(state), int(project_id), int(organization_id))
+                for pk, sequence, state, project_id, organization_id
+                in rows.values_list("pk", "sequence", "state", "project_id", "organization_id")}
 
     @database_sync_to_async
     def _refresh_access(self) -> None:

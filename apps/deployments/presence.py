@@ -17,8 +17,31 @@ KEY = "deployments:watched:{}"
 
 
 def watch_touch(deployment_id: int, ttl: int = DEFAULT_TTL) -> None:
-    """Mark the deployment as watched for the next `ttl` seconds."""
-    cache.set(KEY.format(int(deployment_id)), 1, timeout=max(int(ttl), 1))
+    """Mark the deployment as watched for the next `ttl` seconds. A watch that starts (rather than one renewed by a
+    ping) also brings forward the next sweep of the deployment's account-regions: the reconciler only reads presence
+    when a sweep ends, so a region on the slow interval would otherwise stay slow for minutes after a page opens."""
+    key, timeout = KEY.format(int(deployment_id)), max(int(ttl), 1)
+    if cache.touch(key, timeout):
+        return
+    cache.set(key, 1, timeout=timeout)
+    sweep_soon(int(deployment_id))
+
+
+def sweep_soon(deployment_id: int) -> int:
+    """Make the account-regions of the deployment's servers due now (unless already due). Returns how many."""
+    from django.utils import timezone
+
+    from apps.deployments.models import Instance, SweepState
+    from apps.deployments.states import InstanceState
+
+    now = timezone.now()
+    places = set(Instance.objects.all_tenants().filter(deployment_id=deployment_id)
+                 .exclude(state=InstanceState.DELETED).values_list("account_id", "region").distinct())
+    moved = 0
+    for account_id, region in places:
+        moved += SweepState.objects.filter(account_id=account_id, region=region, next_sweep_at__gt=now).update(
+            next_sweep_at=now)
+    return moved
 
 
 def watched(deployment_ids: Iterable[int]) -> set[int]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Case, CharField, F, Q, QuerySet, Value, When
 from django.db.models.functions import Coalesce
@@ -79,6 +80,10 @@ SLOW_SECONDS = 300
 STUCK_SECONDS = 30 * 60
 # long enough for one list plus the direct look-ups of a large region; a worker that dies frees it this late
 SWEEP_LEASE_SECONDS = 120
+# between two sweeps of an account-region, the servers of its watched deployments are looked up (one call on EC2),
+# at most this many, at most every LOOK_UP_SECONDS
+WATCHED_LOOK_UPS = 20
+LOOK_UP_SECONDS = 2
 # consecutive failed sweeps before the account shows as degraded (an auth failure shows at once as failing)
 DEGRADED_AFTER_FAILURES = 3
 HEALTH_PREFIX = "Server sync in "
@@ -660,7 +665,70 @@ def reconcile_due(*, worker_id: str | None = None, now: datetime.datetime | None
     for state in list(due):
         if sweep(state.account, state.region, worker_id=worker_id) is not None:
             swept += 1
+    watched_look_ups(now=timezone.now())
     return swept
+
+
+# --- between sweeps: a closer look at what someone watches ---------------------------------------------------------
+
+
+def watched_look_ups(*, now: datetime.datetime) -> int:
+    """Between two sweeps of a fast account-region, look up the servers of its watched deployments (in one call where
+    the provider allows it), every LOOK_UP_SECONDS. A sweep every few seconds alone leaves a watcher waiting up to a
+    whole interval (plus the tick and the sweep itself) for a change made behind Skyport's back; the look-ups cut
+    that wait without a second list call. Returns how many servers were asked."""
+    fast = fast_seconds()
+    gap = datetime.timedelta(seconds=LOOK_UP_SECONDS)
+    candidates = SweepState.objects.filter(
+        lease_owner="", last_finished_at__isnull=False, last_finished_at__lte=now - gap,
+        next_sweep_at__gt=now + datetime.timedelta(seconds=1), failures=0,
+    ).select_related("account")
+    asked = 0
+    for state in candidates:
+        if state.next_sweep_at is None or state.last_finished_at is None:
+            continue
+        if (state.next_sweep_at - state.last_finished_at).total_seconds() > fast:
+            continue  # a slow account-region: nobody watches it and nothing moves there
+        # one pass per account-region every LOOK_UP_SECONDS, by one worker (an atomic add in the shared cache)
+        if not cache.add(f"reconciler:looking:{state.pk}", 1, timeout=LOOK_UP_SECONDS):
+            continue
+        asked += _look_up_watched(state.account, state.region)
+    return asked
+
+
+def _look_up_watched(account: CloudAccount, region: str) -> int:
+    live = _rows().filter(account_id=account.pk, region=region).exclude(state=S.DELETED)
+    ids = watched(set(live.values_list("deployment_id", flat=True)))
+    if not ids or not account.is_active:
+        return 0
+    instances = list(
+        live.filter(deployment_id__in=ids).exclude(provider_server_id="").select_related("operation")
+        .annotate(deployment_state=F("deployment__state")).order_by("pk")[:WATCHED_LOOK_UPS]
+    )
+    try:
+        driver = driver_for(account, region)
+    except (CloudError, DecryptionError):
+        return 0  # the next sweep reports it on the account
+    now = timezone.now()
+    instances = [i for i in instances if not operation_live(i.operation, now)]
+    if not instances:
+        return 0
+    asked_at = timezone.now()
+    try:
+        # one call where the provider can look up several ids at once (EC2), else one per server
+        servers = driver.get_servers([i.provider_server_id for i in instances])
+    except CloudError as exc:
+        log.info("look-up of watched instances in %s failed: %s", region, exc.message)
+        return 0  # provider trouble: the sweep backs off and reports it
+    for instance in instances:
+        server = servers.get(instance.provider_server_id)
+        if server is None:
+            continue  # deletions are decided by the sweep (two misses, then a look-up)
+        observation = Observation(Seen.SERVER, asked_at, server)
+        decision = decide(instance, observation, now=timezone.now(), deployment_state=instance.deployment_state)
+        if decision.kind != "stale" and not decision.only_touches:
+            settle(instance.pk, observation)
+    return len(instances)
 
 
 # --- on demand -----------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 resync applies what the provider says now.
 
 Beat entry (settings.CELERY_BEAT_SCHEDULE): "reconcile": {"task": "apps.deployments.reconciler_tasks.reconcile_tick",
-"schedule": 5.0}. The tick is cheap when nothing is due (two small queries): how often each account-region is really
+"schedule": 1.0}. The tick is cheap when nothing is due (a few small queries): how often each account-region is really
 swept is decided by its SweepState.next_sweep_at.
 """
 

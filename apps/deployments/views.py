@@ -146,10 +146,16 @@ def _deployments(request: PageRequest) -> Any:
         "project", "owner", "catalog_item")
 
 
+# what a row of the list shows; the rest (user data, placement, keys) can be large and is read on the detail page
+LIST_DEPLOYMENT_DEFERRED = ("parameters", "placement", "ssh_public_key", "state_message")
+LIST_INSTANCE_FIELDS = ("id", "organization_id", "project_id", "deployment_id", "account_id", "account__name",
+                        "account__organization_id", "role", "index", "state", "price_per_hour", "last_synced_at")
+
+
 def _instances_prefetch() -> Prefetch:
     # the instances of deployments already scoped for the user
     return Prefetch("instances", queryset=Instance.objects.all_tenants().select_related("account")
-                    .order_by("role", "index"))
+                    .only(*LIST_INSTANCE_FIELDS).order_by("role", "index"))
 
 
 def _summarise(deployment: Deployment) -> Deployment:
@@ -183,7 +189,7 @@ def _list_context(request: PageRequest) -> dict[str, Any]:
         rows = rows.filter(state=state)
     else:
         rows = rows.exclude(state__in=HIDDEN_BY_DEFAULT)
-    rows = rows.prefetch_related(_instances_prefetch()).order_by("-created_at", "-pk")
+    rows = rows.defer(*LIST_DEPLOYMENT_DEFERRED).prefetch_related(_instances_prefetch()).order_by("-created_at", "-pk")
     page = Paginator(rows, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
     deployments = [_summarise(d) for d in page.object_list]
     query = request.GET.copy()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -264,6 +265,22 @@ class CloudDriver(ABC):
 
     @abstractmethod
     def list_servers(self, *, tags: dict[str, str] | None = None) -> list[Server]: ...
+
+    def expected_ready_seconds(self, server: Server) -> float | None:
+        """Seconds until a server this driver just created finishes building, when the provider says (None:
+        unknown, the create operation looks at once)."""
+        return None
+
+    def get_servers(self, server_ids: Sequence[str]) -> dict[str, Server]:
+        """The servers with these ids that the provider still knows, by id (a missing one is left out, not an
+        error). Drivers whose API looks up several ids in one call override this loop."""
+        found: dict[str, Server] = {}
+        for server_id in server_ids:
+            try:
+                found[server_id] = self.get_server(server_id)
+            except NotFoundError:
+                continue
+        return found
 
     @abstractmethod
     def start_server(self, server_id: str) -> None: ...

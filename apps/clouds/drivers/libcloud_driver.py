@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
@@ -1031,6 +1031,16 @@ class EC2Driver(LibcloudDriver):
 
     def get_server(self, server_id: str) -> Server:
         return self._to_server(self._node(server_id))
+
+    def get_servers(self, server_ids: Sequence[str]) -> dict[str, Server]:
+        """One DescribeInstances (and one DescribeAddresses) for all of them: filtered by `instance-id`, which,
+        unlike `InstanceId.N`, leaves out an unknown id instead of failing the whole call."""
+        wanted = [i for i in dict.fromkeys(server_ids) if i.startswith("i-")]
+        if not wanted:
+            return {}
+        with self._errors("looking up instances"):
+            nodes = self.node_driver.list_nodes(ex_filters={"instance-id": wanted})
+        return {n.id: self._to_server(n) for n in nodes}
 
     def list_servers(self, *, tags: dict[str, str] | None = None) -> list[Server]:
         """Every live instance of the region (terminated ones are left out), all pages; `tags` are ANDed."""

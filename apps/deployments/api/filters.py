@@ -29,8 +29,11 @@ def _by_user(queryset: Any, field: str, value: str) -> Any:
 class DeploymentFilter(django_filters.FilterSet):
     organization = organization_filter()
     project = project_filter()
+    # a column of the row itself: no duplicates to remove (django-filter's default DISTINCT makes the page's COUNT
+    # compare whole rows, which grows with the table)
     state = django_filters.MultipleChoiceFilter(
-        choices=DeploymentState.choices, help_text="One state, or several (`?state=active&state=partially_failed`)."
+        choices=DeploymentState.choices, distinct=False,
+        help_text="One state, or several (`?state=active&state=partially_failed`).",
     )
     owner = _user_filter("owner")
     catalog_item = IdFilter(field_name="catalog_item_id", help_text="Only deployments of this catalog item id.")
@@ -52,7 +55,8 @@ class InstanceFilter(django_filters.FilterSet):
     organization = organization_filter()
     deployment = IdFilter(field_name="deployment_id", help_text="Only instances of this deployment id.")
     project = project_filter()
-    state = django_filters.MultipleChoiceFilter(choices=InstanceState.choices, help_text="One state, or several.")
+    state = django_filters.MultipleChoiceFilter(choices=InstanceState.choices, distinct=False,
+                                                help_text="One state, or several.")
     account = IdFilter(field_name="account_id", help_text="Only instances in this cloud account id.")
     region = django_filters.CharFilter(field_name="region", help_text="Region name.")
 

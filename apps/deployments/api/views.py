@@ -14,7 +14,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
@@ -66,6 +67,17 @@ def _error(exc: Exception) -> dict[str, Any]:
     return {"code": "invalid", "message": " ".join(exc.messages)}
 
 
+def _live_instance_count() -> Any:
+    """Live servers of each deployment on the page, counted per row. A join with GROUP BY would aggregate every
+    instance of every visible deployment before the page is cut (seconds at 100k instances); a correlated count
+    runs for the rows of the page only, and leaves the newest-first index usable."""
+    live = (
+        Instance.objects.all_tenants().filter(deployment_id=OuterRef("pk"), state__in=sorted(LIVE))
+        .order_by().values("deployment_id").annotate(n=Count("pk")).values("n")
+    )
+    return Coalesce(Subquery(live, output_field=IntegerField()), 0)
+
+
 # --- deployments -----------------------------------------------------------------------------------------------
 ACTION_DOC = "Answers 202 with the deployment; the servers change in the background. A server the action does not " \
              "apply to (a stop of a stopped one) is left alone; 400 when it applies to none."
@@ -105,9 +117,7 @@ class DeploymentViewSet(TenantViewSet):
         qs = qs.select_related(
             "project", "owner", "catalog_item", "created_by", "approval", "approval__requested_by",
             "approval__decided_by",
-        ).annotate(
-            instance_count=Count("instances", filter=Q(instances__state__in=sorted(LIVE)))
-        ).order_by("-created_at", "-pk")  # a grouped query drops the model's ordering: pages must stay stable
+        ).annotate(instance_count=_live_instance_count()).order_by("-created_at", "-pk")
         if self.action != "list":
             instances = Instance.objects.for_user(self.user, self.view_action).select_related("account")
             qs = qs.prefetch_related(Prefetch("instances", queryset=instances))
@@ -131,6 +141,10 @@ class DeploymentViewSet(TenantViewSet):
             policy=data["policy"], account=data["account"], parameters=data["parameters"], ssh_key=data["ssh_key"],
             lease_days=data["lease_days"], idempotency_key=request.headers.get("Idempotency-Key") or None,
         )
+        if created and hasattr(deployment, "instance_count"):
+            # a new launch carries what a read would find (its servers, no approval): no need to read it back
+            answer = s.DeploymentDetailSerializer(deployment, context=self.get_serializer_context()).data
+            return Response(answer, status=status.HTTP_201_CREATED)
         return self._answer(deployment, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
