@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
-from django.db.models import F, Q
+from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -65,6 +65,10 @@ WAIT_TIMEOUT_SECONDS_BY_KIND = {"push_image": 12 * 3600}
 BACKOFF_SECONDS = 10
 BACKOFF_MAX_SECONDS = 600
 WAIT_KEYS = ("waiting_since", "waiting_for")
+# a step's answer under this key parks the operation for that many seconds after the step commits (not stored)
+PARK_AFTER = "park_after_seconds"
+# looked at a little after the provider's estimate, so that the first look finds the server ready
+FIRST_LOOK_MARGIN_SECONDS = 0.25
 
 ERROR_KINDS: dict[type[CloudError], str] = {
     AuthError: "auth",
@@ -166,7 +170,14 @@ def _step_create(ctx: StepContext) -> dict[str, Any]:
             want_public_ip=bool(params.get("want_public_ip", False)),
         )
     )
-    return {"server_id": server.id}
+    return {"server_id": server.id, **_first_look(ctx.driver, server)}
+
+
+def _first_look(driver: CloudDriver, server: Server) -> dict[str, Any]:
+    """A server just created is not running yet: when the provider says how long it builds, the wait looks then
+    instead of at once (a provider call and a park saved per launch). Drivers without an estimate look at once."""
+    seconds = driver.expected_ready_seconds(server) if server.state != ServerState.RUNNING else None
+    return {PARK_AFTER: float(seconds) + FIRST_LOOK_MARGIN_SECONDS} if seconds and seconds > 0 else {}
 
 
 def _get_for_wait(ctx: StepContext, waiting_for: str) -> Server:
@@ -465,7 +476,9 @@ def operation_start(
     same_key = Operation.objects.all_tenants().filter(
         organization_id=account.organization_id, idempotency_key=idempotency_key
     )
-    existing = same_key.first()
+    # no ORDER BY: the key is unique in the organisation, and `first()` would sort by the model's -created_at,
+    # which the planner may answer by walking the creation order of every operation
+    existing = next(iter(same_key.order_by()[:1]), None)
     if existing is not None:
         return existing
     plan = steps if steps is not None else operation_plan(kind, params, driver_kind=account.kind)
@@ -516,12 +529,21 @@ def operation_claim(operation_id: int, *, worker_id: str, lease_seconds: int = L
         .update(
             state=Operation.State.RUNNING,
             lease_owner=worker_id,
-            lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
+            lease_expires_at=_lease_until(now, lease_seconds),
             attempt=F("attempt") + 1,
             updated_at=now,
         )
     )
     return claimed == 1
+
+
+def _lease_until(now: datetime.datetime, lease_seconds: int) -> Any:
+    """The end of the lease, longer for the kinds that need it (LEASE_SECONDS_BY_KIND), decided in the claim's own
+    UPDATE so that a run does not read the operation's kind first."""
+    default = Value(now + datetime.timedelta(seconds=lease_seconds))
+    longer = [When(kind=kind, then=Value(now + datetime.timedelta(seconds=seconds)))
+              for kind, seconds in LEASE_SECONDS_BY_KIND.items() if seconds > lease_seconds]
+    return Case(*longer, default=default, output_field=DateTimeField()) if longer else default
 
 
 def _mine(operation: Operation, worker_id: str) -> Any:
@@ -571,11 +593,10 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
         raise OperationInTransactionError(
             "operation_run must be called with no database transaction open: enqueue it with transaction.on_commit."
         )
-    kind = _rows().filter(pk=operation_id).values_list("kind", flat=True).first()
-    lease_seconds = max(lease_seconds, LEASE_SECONDS_BY_KIND.get(kind or "", 0))
     if not operation_claim(operation_id, worker_id=worker_id, lease_seconds=lease_seconds):
         return None
     operation = _rows().select_related("account").get(pk=operation_id)
+    lease_seconds = max(lease_seconds, LEASE_SECONDS_BY_KIND.get(operation.kind, 0))
     if operation.attempt > operation.max_attempts:
         # claimed again after its workers died each time
         _finish_failed(operation, worker_id, f"Gave up after {operation.max_attempts} attempts.", "internal")
@@ -613,6 +634,7 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
             message = f"Internal error in step {name} ({type(exc).__name__})."
             _retry_or_fail(operation, worker_id, message, "internal", None)
             return _rows().get(pk=operation_id)
+        park_after = update.pop(PARK_AFTER, None)
         result = {k: v for k, v in {**operation.result, **update}.items() if k not in WAIT_KEYS}
         now = timezone.now()
         committed = _mine(operation, worker_id).update(
@@ -626,6 +648,10 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
             return None
         operation.step += 1
         operation.result = result
+        if park_after and operation.step < len(operation.steps):
+            waiting_for = f"{operation.steps[operation.step]} (looked at after the provider's estimate)"
+            _park(operation, worker_id, NotReady(waiting_for, delay=park_after))
+            return _rows().get(pk=operation_id)
 
     _release(operation, worker_id, state=Operation.State.SUCCEEDED, finished_at=timezone.now(), error="", error_kind="")
     return _rows().get(pk=operation_id)

@@ -100,5 +100,8 @@ def record(
         request_id=request_id_var.get(),
         ip=client_ip_var.get(),
     )
+    project = obj._state.fields_cache.get("project") if obj is not None else None
+    if project is not None and project.pk == project_id:
+        event.project = project  # the organisation check on save reads it from the row in hand
     event.save()
     return event

@@ -53,6 +53,38 @@ def deployment_message(deployment: Any, event: str, **fields: Any) -> dict[str, 
     }
 
 
+def _send(deployment: Any, message: dict[str, Any]) -> None:
+    for group in (deployment_group(deployment.pk), project_deployments_group(deployment.project_id),
+                  org_deployments_group(deployment.organization_id)):
+        send_on_commit(group, message)
+
+
+def deployment_first_event(deployment: Any, event: str, **fields: Any) -> int:
+    """Send the first event of a deployment created in the open transaction, which was stored with sequence 1
+    already: no other transaction can see the row yet, so its number needs neither the lock nor a read back."""
+    if event not in EVENT_KINDS:
+        raise ValueError(f"unknown deployment event {event!r}")
+    if deployment.sequence != 1:
+        raise ValueError("a deployment's first event is number 1: create it with sequence=1")
+    _send(deployment, deployment_message(deployment, event, **fields))
+    return 1
+
+
+def deployment_event_locked(deployment: Any, event: str, **fields: Any) -> int:
+    """`deployment_event` for a deployment row this transaction read with select_for_update: the sequence as read
+    is current while the lock is held, so the next number is written without being read back."""
+    from apps.deployments.models import Deployment
+
+    if event not in EVENT_KINDS:
+        raise ValueError(f"unknown deployment event {event!r}")
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("deployment_event_locked needs the transaction that locked the deployment")
+    deployment.sequence += 1
+    Deployment.objects.all_tenants().filter(pk=deployment.pk).update(sequence=deployment.sequence)
+    _send(deployment, deployment_message(deployment, event, **fields))
+    return int(deployment.sequence)
+
+
 @transaction.atomic
 def deployment_event(deployment: Any, event: str, **fields: Any) -> int:
     """Take the deployment's next sequence number and send the event to its groups after the commit. Returns the
@@ -64,8 +96,5 @@ def deployment_event(deployment: Any, event: str, **fields: Any) -> int:
     rows = Deployment.objects.all_tenants().filter(pk=deployment.pk)
     rows.update(sequence=F("sequence") + 1)
     deployment.sequence, deployment.state = rows.values_list("sequence", "state").get()
-    message = deployment_message(deployment, event, **fields)
-    for group in (deployment_group(deployment.pk), project_deployments_group(deployment.project_id),
-                  org_deployments_group(deployment.organization_id)):
-        send_on_commit(group, message)
+    _send(deployment, deployment_message(deployment, event, **fields))
     return int(deployment.sequence)

@@ -53,7 +53,7 @@ from apps.clouds.operations_tasks import operation_enqueue
 from apps.core import audit
 from apps.core.access import get_access
 from apps.core.permissions import ServiceError, require
-from apps.deployments.events import deployment_event
+from apps.deployments.events import deployment_event, deployment_event_locked, deployment_first_event
 from apps.deployments.models import Approval, Deployment, Instance, InstanceTransition, QuotaReservation
 from apps.deployments.placement import Candidate, Rejection, fallbacks, place, placement_candidates
 from apps.deployments.quotas import Demand, QuotaExceeded, quota_release, quota_reserve
@@ -319,6 +319,9 @@ def deployment_request(
     prices = [c.price_per_hour for p in plans for c in p.chosen]
     hourly = sum((x for x in prices if x is not None), Decimal(0)) if any(x is not None for x in prices) else None
     source_version = blueprint_version or (item.blueprint_version if item is not None else None)
+    threshold = item.approval_threshold_monthly if item is not None else None
+    monthly = (hourly or Decimal(0)) * HOURS_PER_MONTH
+    needs_approval = item is not None and threshold is not None and (threshold == 0 or monthly > threshold)
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
@@ -328,14 +331,16 @@ def deployment_request(
                 lease_expires_at=lease_expires_at, lease_action=lease_action,
                 idempotency_key=idempotency_key or None, created_by=actor,
                 ssh_key_name=key.name if key else "", ssh_public_key=key.public_key if key else "",
+                sequence=0 if needs_approval else 1,  # 1: the launch's "state" event below
             )
             try:
                 quota_reserve(project=project, user=actor, demand=demand, deployment=deployment)
             except QuotaExceeded as exc:
                 raise _invalid("size", exc.messages[0]) from None
+            made: list[Instance] = []
             for plan in plans:
                 for index, chosen in enumerate(plan.chosen, start=1):
-                    Instance.objects.create(
+                    made.append(Instance.objects.create(
                         organization_id=project.organization_id, project=project, deployment=deployment,
                         owner=actor, name=_instance_name(name, plan.role, index, single), role=plan.role,
                         index=index, account=chosen.account, region=chosen.region, image=plan.image,
@@ -345,7 +350,7 @@ def deployment_request(
                         price_per_hour=chosen.price_per_hour, user_data=plan.user_data, ports=plan.ports,
                         fallbacks=[_candidate_json(c) for c in fallbacks(plan.candidates, chosen)]
                         if policy == Deployment.Policy.ORDERED else [],
-                    )
+                    ))
     except IntegrityError:
         if idempotency_key:  # a concurrent request with the same key won
             existing = Deployment.objects.all_tenants().filter(
@@ -356,16 +361,25 @@ def deployment_request(
     audit.record(actor=actor, verb="deployment.request", obj=deployment,
                  extra={"item": item.slug if item else None, "policy": policy, "instances": demand.instances,
                         "hourly": str(hourly) if hourly is not None else None})
-    threshold = item.approval_threshold_monthly if item is not None else None
-    monthly = (hourly or Decimal(0)) * HOURS_PER_MONTH
-    if item is not None and threshold is not None and (threshold == 0 or monthly > threshold):
+    if needs_approval:
+        assert item is not None and threshold is not None
         reason = (f"${monthly.quantize(Decimal('0.01'))} a month, over the ${threshold} threshold of {item.name}"
                   if threshold else f"{item.name} always needs an approval")
         _approval_open(deployment, actor, reason)
     else:
-        deployment_event(deployment, "state")
+        _remember_launch(deployment, made)
+        deployment_first_event(deployment, "state")
         _launch_on_commit(deployment.pk)
     return deployment, True
+
+
+def _remember_launch(deployment: Deployment, instances: list[Instance]) -> None:
+    """Keep on the new deployment what a fresh read would find (its servers, no approval, the live count), so
+    the launch's answer is serialised from memory instead of read back: the answer is most of a launch request."""
+    deployment._prefetched_objects_cache = {  # type: ignore[attr-defined]
+        "instances": sorted(instances, key=lambda i: (i.role, i.index))}
+    Deployment.approval.related.set_cached_value(deployment, None)  # type: ignore[attr-defined]
+    deployment.instance_count = len(instances)  # type: ignore[attr-defined]
 
 
 def redacted_parameters(parameters: Any) -> Any:
@@ -551,7 +565,7 @@ def deployment_launch(deployment_id: int) -> Deployment:
             return deployment
         deployment.state = D.PROVISIONING
         deployment.save(update_fields=["state", "updated_at"])
-        deployment_event(deployment, "state")
+        deployment_event_locked(deployment, "state")
     deployment_advance(deployment_id)
     return Deployment.objects.all_tenants().get(pk=deployment_id)
 
@@ -604,7 +618,8 @@ def _next_key(instance: Instance, action: str) -> str:
 
 
 def _start_operation(instance: Instance, kind: str, params: dict[str, Any], actor: User | None) -> Operation:
-    account = CloudAccount.objects.all_tenants().get(pk=instance.account_id)
+    cached = instance._state.fields_cache.get("account")
+    account = cached if cached is not None else CloudAccount.objects.all_tenants().get(pk=instance.account_id)
     operation = operation_start(account=account, region=instance.region, kind=kind,
                                 params={"instance_id": instance.pk, **params},
                                 idempotency_key=_next_key(instance, kind), actor=actor,
@@ -622,7 +637,9 @@ def deployment_advance(deployment_id: int) -> list[int]:
         deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
         if deployment.state not in (D.PROVISIONING, D.ACTIVE, D.PARTIALLY_FAILED):
             return started
-        instances = list(Instance.objects.all_tenants().filter(deployment=deployment).order_by("role", "index"))
+        # with what starting an operation reads (the account, the project): one query for every server
+        instances = list(Instance.objects.all_tenants().filter(deployment=deployment).select_related(
+            "account", "project").order_by("role", "index"))
         servers = (deployment.placement or {}).get("servers", {})
         running = {role for role in servers
                    if all(i.state == S.RUNNING for i in instances if i.role == role)}
@@ -659,10 +676,11 @@ def instance_operation_follow(operation: Operation) -> None:
             instance.save(update_fields=["provider_server_id", "updated_at"])
         if instance.operation_id != operation.pk:
             return  # a newer operation (a retry, a delete) took over
-        deployment = Deployment.objects.all_tenants().get(pk=instance.deployment_id)
+        # locked after the instance, in the order `transition` takes them: its event number needs no read back
+        deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=instance.deployment_id)
         if operation.state in (Operation.State.PENDING, Operation.State.RUNNING):
-            deployment_event(deployment, "operation", instance=instance.pk, state=instance.state,
-                             operation=operation.pk)
+            deployment_event_locked(deployment, "operation", instance=instance.pk, state=instance.state,
+                                    operation=operation.pk)
             return
         if operation.state == Operation.State.SUCCEEDED:
             _follow_success(deployment, instance, operation)

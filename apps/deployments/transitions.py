@@ -8,7 +8,7 @@ import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from apps.deployments.events import deployment_event
+from apps.deployments.events import deployment_event_locked
 from apps.deployments.models import Deployment, Instance, InstanceTransition, QuotaReservation
 from apps.deployments.states import DeploymentState, can_move, derive_deployment_state
 from apps.deployments.states import InstanceState as S
@@ -60,7 +60,7 @@ def transition(
     locked.save(update_fields=fields)
     _copy(locked, instance)
     deployment = deployment_refresh_state(locked.deployment_id, bump=False)
-    deployment_event(deployment, "transition", instance=locked.pk, state=to, previous=row.from_state)
+    deployment_event_locked(deployment, "transition", instance=locked.pk, state=to, previous=row.from_state)
     return row
 
 
@@ -72,7 +72,7 @@ def _copy(source: Instance, target: Instance) -> None:
 def deployment_refresh_state(deployment_id: int, *, bump: bool = True) -> Deployment:
     """Set the deployment's state from its instances (locked, so concurrent transitions agree). With `bump`, a
     change is announced as a "state" event; `transition` announces its own event instead, which carries the
-    deployment's state too."""
+    deployment's state too. The returned deployment stays locked until the caller's transaction ends."""
     deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
     states = Instance.objects.all_tenants().filter(deployment_id=deployment_id).values_list("state", flat=True)
     derived = derive_deployment_state(deployment.state, states)
@@ -88,5 +88,5 @@ def deployment_refresh_state(deployment_id: int, *, bump: bool = True) -> Deploy
                                                                              released_at__isnull=True):
                 quota_release(reservation)
         if bump:
-            deployment_event(deployment, "state")
+            deployment_event_locked(deployment, "state")
     return deployment

@@ -5,6 +5,7 @@ from a worker reuse one event loop (and so one Redis connection) instead of star
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -75,8 +76,14 @@ class TestEventSender:
     def test_sends_from_a_plain_thread_share_one_event_loop(self, monkeypatch):
         layer = RecordingLayer()
         monkeypatch.setattr(events, "get_channel_layer", lambda: layer)
-        events.send_now("deployment.1", {"type": "deployment.event", "sequence": 1})
-        events.send_now("deployment.1", {"type": "deployment.event", "sequence": 2})
+
+        def worker_thread() -> None:  # a fresh thread, as a Celery worker's: no server loop to hand sends back to
+            events.send_now("deployment.1", {"type": "deployment.event", "sequence": 1})
+            events.send_now("deployment.1", {"type": "deployment.event", "sequence": 2})
+
+        thread = threading.Thread(target=worker_thread)
+        thread.start()
+        thread.join(timeout=30)
         assert [(g, m["sequence"]) for g, m, _ in layer.sent] == [("deployment.1", 1), ("deployment.1", 2)]
         assert layer.sent[0][2] == layer.sent[1][2]
 

@@ -348,9 +348,20 @@ class SimDriver(CloudDriver):
                 server.dies_at = cloud.now() + datetime.timedelta(seconds=effects["die_after"])
                 server.fault = effects["die_reason"]
             server.save()
+            self._note_ready_in(cloud, server)
             return self._to_server(server)
 
         return self._call("create_server", action)
+
+    def expected_ready_seconds(self, server: Server) -> float | None:
+        """Seconds until a server this driver just created finishes building (None: unknown), so the create
+        operation looks at it then instead of at once."""
+        return getattr(self, "_ready_in", {}).get(server.id)
+
+    def _note_ready_in(self, cloud: SimCloud, server: SimServer) -> None:
+        if server.state == ServerState.BUILDING and server.transition_ends_at is not None:
+            ready_in = (server.transition_ends_at - cloud.now()).total_seconds()
+            self._ready_in = {server.server_id: max(ready_in, 0.0)}
 
     def _check_limits(self, cloud: SimCloud, *, vcpus: int, ram_mb: int, instances: int) -> None:
         live = SimServer.objects.filter(cloud=cloud, deleted_at__isnull=True).exclude(state=ServerState.DELETED)

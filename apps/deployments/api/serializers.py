@@ -295,7 +295,9 @@ class DeploymentCreateSerializer(StrictSerializer):
         return attrs
 
     def _catalog_item(self, user: User | None, project: Project, value: int | str) -> CatalogItem:
-        items = CatalogItem.objects.for_user(user, "catalog.view").filter(organization_id=project.organization_id)
+        # the launch checks read the item's image and profile: one join instead of two queries
+        items = CatalogItem.objects.for_user(user, "catalog.view").filter(
+            organization_id=project.organization_id).select_related("image", "profile")
         found = items.filter(pk=value).first() if isinstance(value, int) else items.filter(slug__iexact=value).first()
         if found is None:
             raise serializers.ValidationError({"catalog_item": [f"No catalog item '{value}' is offered to you."]})
