@@ -54,6 +54,7 @@ INSTANCE_COLUMNS = [
     col("cloud", "account_name"),
     col("region", "region"),
     Column("size", _size),
+    col("flavor", "flavor_id"),
     Column("addresses", lambda i: [*(i.get("public_ips") or []), *(i.get("private_ips") or [])]),
 ]
 

@@ -85,7 +85,7 @@ redacted_parameters = services.redacted_parameters
 # --- instances -------------------------------------------------------------------------------------------------
 INSTANCE_FIELDS = [
     "id", "organization", "project", "deployment", "deployment_name", "name", "role", "index", "state",
-    "state_changed_at", "owner", "account", "account_name", "region", "size", "vcpus", "ram_mb", "disk_gb",
+    "state_changed_at", "owner", "account", "account_name", "region", "size", "flavor_id", "vcpus", "ram_mb", "disk_gb",
     "price_per_hour", "provider_server_id", "private_ips", "public_ips", "last_synced_at", "synced_seconds_ago",
     "error", "created_at", "updated_at",
 ]
@@ -107,9 +107,10 @@ class InstanceBriefSerializer(TenantModelSerializer):
     class Meta:
         model = Instance
         fields = ["id", "name", "role", "index", "state", "state_changed_at", "account", "account_name", "region",
-                  "size", "vcpus", "ram_mb", "disk_gb", "price_per_hour", "provider_server_id", "private_ips",
-                  "public_ips", "last_synced_at", "synced_seconds_ago", "error"]
+                  "size", "flavor_id", "vcpus", "ram_mb", "disk_gb", "price_per_hour", "provider_server_id",
+                  "private_ips", "public_ips", "last_synced_at", "synced_seconds_ago", "error"]
         read_only_fields = fields
+        extra_kwargs = {"flavor_id": {"help_text": "The provider's flavor (instance type) the server runs on."}}
 
     def get_synced_seconds_ago(self, obj: Instance) -> int | None:
         return seconds_ago(obj.last_synced_at)
