@@ -29,20 +29,13 @@ import json
 import logging
 from collections import OrderedDict
 from functools import lru_cache
-from importlib import import_module
 from typing import Any, NamedTuple
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
-from django.db.models import Q
-from django.utils import timezone
 
-from apps.accounts.models import User
-from apps.core.access import forget_access, get_access
-from apps.core.events import session_group, user_group
-from apps.core.ws_auth import CLOSE_FORBIDDEN, SUBPROTOCOL, narrow_to_token
+from apps.core.access import get_access
+from apps.core.ws import LiveConsumer
+from apps.core.ws_auth import CLOSE_FORBIDDEN
 from apps.deployments.events import deployment_group, org_deployments_group, project_deployments_group
 
 log = logging.getLogger(__name__)
@@ -98,57 +91,17 @@ class Watched(NamedTuple):
     organization_id: int
 
 
-class DeploymentConsumer(AsyncJsonWebsocketConsumer):
-    user: Any
-    groups_joined: set[str]
+class DeploymentConsumer(LiveConsumer):
     watching: set[int]
     last_sequence: OrderedDict[int, int]
-    token_id: int | None
-    token_organization_id: int | None
 
     async def connect(self) -> None:
-        self.user = self.scope.get("user")
-        self.token_id = self.scope.get("auth_token_id")
-        self.token_organization_id = self.scope.get("auth_token_organization_id")
-        self.groups_joined = set()
         self.watching = set()
         self.last_sequence = OrderedDict()
-        offered = self.scope.get("subprotocols") or []
-        await self.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-        if self.user is None or not self.user.is_authenticated:
-            await self.close(code=CLOSE_FORBIDDEN)  # the auth middleware refuses these first; never serve one
-            return
-        # the user's own group first: a session that ends while the deployment groups are joined is not missed
-        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
-        self.session_group = self._session_group()
-        if self.session_group:
-            await self.channel_layer.group_add(self.session_group, self.channel_name)
-        if not await self._still_valid():
-            await self._end(reason="signed out")
-            return
-        groups = await self._groups()
-        if not groups:
-            await self._leave_all()
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
-        await self._join(groups)
-        await self.send_json({"type": "hello"})
+        await super().connect()
 
-    async def disconnect(self, code: int) -> None:
-        await self._leave_all()
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """The user group also carries notification messages for the notification socket: a message type this
-        consumer has no handler for is not its business, and must not end the socket."""
-        kind = str(message.get("type", ""))
-        try:
-            handled = kind.startswith("websocket.") or hasattr(self, get_handler_name(message))
-        except ValueError:  # a type naming a private method
-            handled = False
-        if handled:
-            await super().dispatch(message)
-        else:
-            log.debug("deployment socket ignores %r messages", kind)
+    async def forget(self) -> None:
+        self.watching = set()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict):
@@ -156,12 +109,8 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             return
         kind = content.get("type")
         if kind == "ping":
-            # a signed-out session or an expired token has no event of its own: the keepalive is where it shows
-            if not await self._still_valid():
-                await self._end(reason="signed out")
-                return
-            await self.send_json({"type": "pong"})
-            if self.watching:
+            await self.ping()
+            if self.watching:  # the keepalive also renews the watches' presence
                 await database_sync_to_async(_touch_presence)(sorted(self.watching))
         elif kind == "watch":
             await self._watch(content.get("deployment"))
@@ -185,18 +134,17 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
         await self.send(text_data=text)
 
     async def access_changed(self, event: dict[str, Any]) -> None:
-        await self._refresh_access()
-        groups = await self._groups()
+        await self.refresh_access()
+        groups = await self.follow_groups()
         if not groups:
-            await self._leave_all()
+            await self.leave_all()
             await self.close(code=CLOSE_FORBIDDEN)
             return
         for group in self.groups_joined - groups:
             if group.startswith("deployment."):
                 continue  # watched deployments are checked one by one below
-            await self.channel_layer.group_discard(group, self.channel_name)
-            self.groups_joined.discard(group)
-        await self._join(groups)
+            await self.leave(group)
+        await self.join(groups)
         visible = await self._visible(self.watching)
         for deployment_id in sorted(self.watching - set(visible)):
             await self._drop_watch(deployment_id)
@@ -209,13 +157,6 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
                 self.groups_joined.add(group)
         # from here on the socket follows the new roles; a list on screen may be missing deployments
         await self.send_json({"type": "access.changed"})
-
-    async def session_ended(self, event: dict[str, Any]) -> None:
-        await self._end(reason=event.get("reason", "signed out"))
-
-    async def token_revoked(self, event: dict[str, Any]) -> None:
-        if self.token_id is not None and event.get("token_id") == self.token_id:
-            await self._end(reason="token revoked")
 
     # --- watching one deployment ----------------------------------------------------------------------------------
     async def _watch(self, raw: Any) -> None:
@@ -258,9 +199,7 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
 
     async def _drop_watch(self, deployment_id: int) -> None:
         self.watching.discard(deployment_id)
-        group = deployment_group(deployment_id)
-        await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups_joined.discard(group)
+        await self.leave(deployment_group(deployment_id))
 
     def _remember(self, deployment_id: int, sequence: int) -> None:
         self.last_sequence[deployment_id] = sequence
@@ -269,36 +208,8 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             self.last_sequence.popitem(last=False)
 
     # --- helpers --------------------------------------------------------------------------------------------------
-    async def _join(self, groups: set[str]) -> None:
-        for group in groups - self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.groups_joined.add(group)
-
-    async def _leave_all(self) -> None:
-        user = getattr(self, "user", None)
-        groups = set(getattr(self, "groups_joined", set()))
-        if user is not None and user.is_authenticated:
-            groups.add(user_group(user.pk))
-        if getattr(self, "session_group", None):
-            groups.add(self.session_group)
-        for group in groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups_joined = set()
-        self.watching = set()
-
-    def _session_group(self) -> str | None:
-        """A browser's socket also joins its session's group: signing out there closes it at once."""
-        session = self.scope.get("session")
-        key = getattr(session, "session_key", None) if self.token_id is None else None
-        return session_group(key) if key else None
-
-    async def _end(self, **extra: Any) -> None:
-        await self.send_json({"type": "session.ended", **extra})
-        await self._leave_all()
-        await self.close(code=CLOSE_FORBIDDEN)
-
     @database_sync_to_async
-    def _groups(self) -> set[str]:
+    def follow_groups(self) -> set[str]:
         """Organisation roles see every project of their organisation: one org group instead of one per project (a
         socket in both would receive each event twice)."""
         access = get_access(self.user)
@@ -322,7 +233,7 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
         memberships; None for one that does not exist and one the user may not see alike."""
         from apps.deployments.models import Deployment
 
-        self._refresh_access_now()
+        self.refresh_access_now()
         rows = Deployment.objects.for_user(self.user, VIEW).filter(pk=deployment_id)
         found = rows.values_list("sequence", "state", "project_id", "organization_id").first()
         return Watched(int(found[0]), str(found[1]), int(found[2]), int(found[3])) if found is not None else None
@@ -337,30 +248,3 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
         return {pk: Watched(int(sequence), str(state), int(project_id), int(organization_id))
                 for pk, sequence, state, project_id, organization_id
                 in rows.values_list("pk", "sequence", "state", "project_id", "organization_id")}
-
-    @database_sync_to_async
-    def _refresh_access(self) -> None:
-        self._refresh_access_now()
-
-    def _refresh_access_now(self) -> None:
-        if self.token_organization_id is not None:
-            narrow_to_token(self.user, self.token_organization_id)
-        else:
-            forget_access(self.user)
-
-    @database_sync_to_async
-    def _still_valid(self) -> bool:
-        """The user is active and the token is live, or the session still exists with the same auth hash (signing
-        out deletes it, a password change or a removed role changes the hash)."""
-        from apps.accounts.models import ApiToken
-
-        current = User._base_manager.filter(pk=self.user.pk, is_active=True).first()
-        if current is None:
-            return False
-        if self.token_id is not None:
-            live = ApiToken._base_manager.filter(pk=self.token_id, revoked_at__isnull=True)
-            return live.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())).exists()
-        session_key = getattr(self.scope.get("session"), "session_key", None)
-        if not session_key or not import_module(settings.SESSION_ENGINE).SessionStore().exists(session_key):
-            return False
-        return current.get_session_auth_hash() == self.user.get_session_auth_hash()
