@@ -195,11 +195,13 @@ class Decision:
     kind: str  # skipped, stale, synced, missing, idle
     moves: list[Move] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    # the provider's flavor when the server was resized outside Skyport (its usage is charged at the new size)
+    resized_to: str = ""
 
     @property
     def only_touches(self) -> bool:
         """Nothing but freshness changes: many of these are written with one UPDATE."""
-        return not self.moves and set(self.fields) <= {"last_synced_at"}
+        return not self.moves and not self.resized_to and set(self.fields) <= {"last_synced_at"}
 
 
 def operation_live(operation: Operation | None, now: datetime.datetime) -> bool:
@@ -295,6 +297,10 @@ def decide(instance: Instance, observation: Observation, *, now: datetime.dateti
             decision.fields["private_ips"] = private
         if public != list(instance.public_ips or []):
             decision.fields["public_ips"] = public
+        settled = {S.RUNNING, S.STOPPED}
+        if (server.size_id and instance.flavor_id and server.size_id != instance.flavor_id
+                and instance.state in settled and target in settled):
+            decision.resized_to = server.size_id
     else:
         decision.kind = "idle"
     if target is not None:
@@ -353,7 +359,42 @@ def settle(instance_id: int, observation: Observation) -> Outcome:
                 outcome.transitions += 1
                 outcome.deleted = outcome.deleted or move.to == S.DELETED
                 outcome.stuck = outcome.stuck or move.cause == Cause.TIMEOUT
+        if decision.resized_to:
+            _record_outside_resize(locked, decision.resized_to, observation.at)
+            outcome.transitions += 1
         return outcome
+
+
+def _record_outside_resize(locked: Instance, flavor_id: str, observed_at: datetime.datetime) -> None:
+    """A server resized in the provider's console: take its new shape and price from the account-region's flavor
+    list, record a same-state snapshot (usage is charged at the new size from then on, as after a transfer), hold
+    the quota it now uses, and tell the pages."""
+    from apps.clouds.models import Flavor
+    from apps.deployments.events import deployment_event
+    from apps.deployments.services import _quota_rebalance
+
+    flavor = Flavor.objects.all_tenants().filter(account_id=locked.account_id, region=locked.region,
+                                   provider_id=flavor_id).first()
+    before = locked.flavor_id
+    locked.flavor_id = flavor_id
+    fields = ["flavor_id", "updated_at"]
+    if flavor is not None:
+        locked.vcpus, locked.ram_mb, locked.disk_gb = flavor.vcpus, flavor.ram_mb, flavor.disk_gb
+        locked.price_per_hour = flavor.price_per_hour
+        fields += ["vcpus", "ram_mb", "disk_gb", "price_per_hour"]
+    locked.save(update_fields=fields)
+    now = timezone.now()
+    known = f"{flavor.name}" if flavor is not None else f"{flavor_id} (not in the flavor list: size and price kept)"
+    InstanceTransition.objects.create(
+        organization_id=locked.organization_id, project_id=locked.project_id, instance=locked,
+        from_state=locked.state, to_state=locked.state, cause=Cause.DRIFT,
+        message=f"resized outside Skyport from {before} to {known}"[:500], observed_at=observed_at, detected_at=now,
+        owner_id=locked.owner_id, account_id=locked.account_id, region=locked.region, flavor_id=locked.flavor_id,
+        size=locked.size, vcpus=locked.vcpus, ram_mb=locked.ram_mb, disk_gb=locked.disk_gb,
+        price_per_hour=locked.price_per_hour,
+    )
+    _quota_rebalance(locked.deployment_id)
+    deployment_event(locked.deployment, "sync", instance=locked.pk, state=locked.state)
 
 
 def _touch(instance_ids: list[int], started_at: datetime.datetime, now: datetime.datetime) -> None:
