@@ -60,6 +60,7 @@ from apps.core.permissions import ServiceError, require
 from apps.deployments.events import deployment_event
 from apps.deployments.models import Deployment, Instance, InstanceTransition, SweepState, UnmanagedServer
 from apps.deployments.presence import watched
+from apps.deployments.quotas import Demand, QuotaExceeded, quota_reserve
 from apps.deployments.states import (
     DECIDED_WITHOUT_INSTANCES,
     TRANSITIONAL,
@@ -370,7 +371,6 @@ def _record_outside_resize(locked: Instance, flavor_id: str, observed_at: dateti
     list, record a same-state snapshot (usage is charged at the new size from then on, as after a transfer), hold
     the quota it now uses, and tell the pages."""
     from apps.clouds.models import Flavor
-    from apps.deployments.events import deployment_event
     from apps.deployments.services import _quota_rebalance
 
     flavor = Flavor.objects.all_tenants().filter(account_id=locked.account_id, region=locked.region,
@@ -897,8 +897,9 @@ def instances_needing_attention(organization: Organization) -> QuerySet[Instance
 def unmanaged_adopt(*, actor: User, server: UnmanagedServer, project: Project, name: str) -> Deployment:
     """Bring a server Skyport found but did not create under management: a deployment (no catalog item, placement
     {"adopted": true}) owned by the actor, with one instance in the state the provider shows now (running or
-    stopped), sized from the account's synced flavor. Org admins only (clouds.manage). The server itself is not
-    touched; the UnmanagedServer row goes."""
+    stopped), sized from the account's synced flavor, held against the project's quotas (refused, with nothing
+    changed, when it would exceed one). Org admins only (clouds.manage). The server itself is not touched; the
+    UnmanagedServer row goes."""
     if not UnmanagedServer.objects.for_user(actor, "clouds.view").filter(pk=server.pk).exists():
         raise Http404("No such server.")
     require(actor, "clouds.manage", server)
@@ -941,6 +942,13 @@ def unmanaged_adopt(*, actor: User, server: UnmanagedServer, project: Project, n
             policy=Deployment.Policy.ACCOUNT, state=DeploymentState.PROVISIONING,
             estimated_hourly=flavor.price_per_hour,
         )
+        # a server under management counts against the quotas like one launched here
+        try:
+            quota_reserve(project=project, user=actor, deployment=deployment,
+                          demand=Demand(instances=1, vcpus=flavor.vcpus, ram_mb=flavor.ram_mb,
+                                        disk_gb=flavor.disk_gb))
+        except QuotaExceeded as exc:
+            raise ServiceError({"project": f"{exc} Raise the quota, or adopt it into another project."}) from None
         instance = Instance.objects.create(
             organization_id=server.organization_id, project=project, deployment=deployment, owner=actor,
             name=f"{slugify(name)[:48] or 'server'}-server-1", role="server", index=1, account=account,
