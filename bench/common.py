@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,3 +156,55 @@ def headline(metric: str, value: float | str, target: str, met: bool) -> dict[st
     """One row of the table in docs/performance.md (`python -m bench --record`): save it under results["headline"]."""
     shown = f"{value:.2f}" if isinstance(value, float) else str(value)
     return {"metric": metric, "value": shown, "target": target, "met": bool(met)}
+
+
+def start_counting_proxy(port: int, upstream_port: int, count: Callable[[str, dict[str, list[str]], str], None],
+                         host: str = "127.0.0.1") -> Any:
+    """An HTTP proxy in front of a provider's API server (moto) that calls `count(path, params, authorization)` for
+    every request before forwarding it, so provider calls are counted where they arrive. `params` holds the query
+    string's and the form body's fields. Returns the server (call `shutdown()` to stop it)."""
+    import http.client
+    import http.server
+    import socketserver
+    import threading
+    import urllib.parse
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            params = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            params.update(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
+            count(self.path, params, self.headers.get("Authorization", ""))
+            conn = http.client.HTTPConnection(host, upstream_port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_POST = do_DELETE = do_PUT = _forward
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    server = socketserver.ThreadingTCPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def is_look_up(params: dict[str, list[str]]) -> bool:
+    """A DescribeInstances for given instances (by `InstanceId.N`, or filtered by `instance-id`), not a list."""
+    if any(k.startswith("InstanceId.") for k in params):
+        return True
+    return any(k.startswith("Filter.") and k.endswith(".Name") and v == ["instance-id"] for k, v in params.items())

@@ -26,7 +26,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from bench.common import (
     require_redis,
     save,
     say,
+    start_counting_proxy,
     summary,
     verdict,
 )
@@ -84,46 +84,12 @@ class Counts:
         return taken
 
 
-def _action(path: str, body: bytes) -> str:
-    query = urllib.parse.urlsplit(path).query
-    for source in (query, body.decode("utf-8", "replace")):
-        found = urllib.parse.parse_qs(source).get("Action")
-        if found:
-            return found[0]
-    return "(other)"
-
-
 def start_proxy(port: int, upstream: int, counts: Counts) -> socketserver.ThreadingTCPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def count(path: str, params: dict[str, list[str]], authorization: str) -> None:
+        if not path.startswith("/moto-api"):
+            counts.add((params.get("Action") or ["(other)"])[0])
 
-        def log_message(self, *args: Any) -> None:
-            return
-
-        def _forward(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if not self.path.startswith("/moto-api"):
-                counts.add(_action(self.path, body))
-            conn = http.client.HTTPConnection(HOST, upstream, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-            conn.request(self.command, self.path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            self.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            conn.close()
-
-        do_GET = do_POST = do_DELETE = do_PUT = _forward
-
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    server = socketserver.ThreadingTCPServer((HOST, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server: socketserver.ThreadingTCPServer = start_counting_proxy(port, upstream, count, host=HOST)
     return server
 
 

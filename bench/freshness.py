@@ -298,55 +298,23 @@ class MotoProvider(Provider):
                          if sweeps.get(f"{EC2_SLUG}/{region}") else None) for region in EC2_REGIONS}
 
     def start_proxy(self) -> Any:
-        import http.client
-        import http.server
         import re
-        import socketserver
-        import threading
-        import urllib.parse
+
+        from bench.common import is_look_up, start_counting_proxy
 
         provider = self
         scope = re.compile(r"Credential=[^/]+/\d+/([^/]+)/")
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def count(path: str, params: dict[str, list[str]], authorization: str) -> None:
+            found = scope.search(authorization)
+            region = found.group(1) if found else "?"
+            action = (params.get("Action") or ["?"])[0]
+            if action == "DescribeInstances":
+                provider.count(f"{region} {'look-up' if is_look_up(params) else 'list'}")
+            else:
+                provider.count(f"{region} {action}")
 
-            def log_message(self, *args: Any) -> None:
-                return
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                params = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                params.update(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
-                found = scope.search(self.headers.get("Authorization", ""))
-                region = found.group(1) if found else "?"
-                action = (params.get("Action") or ["?"])[0]
-                if action == "DescribeInstances":
-                    kind = "look-up" if any(k.startswith("InstanceId.") for k in params) else "list"
-                    provider.count(f"{region} {kind}")
-                else:
-                    provider.count(f"{region} {action}")
-                conn = http.client.HTTPConnection("127.0.0.1", provider.moto_port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_POST = _forward
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", self.proxy_port), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
+        return start_counting_proxy(self.proxy_port, self.moto_port, count)
 
 
 def build_moto_world(provider: MotoProvider, instances: int) -> list[dict[str, Any]]:

@@ -73,3 +73,44 @@ def test_record_writes_the_headline_rows_between_the_markers_only(tmp_path, monk
 def test_the_setup_line_never_shows_a_password():
     assert common._redacted("postgres://app:s3cret@db.example:5432/skyport") == "postgres://app@db.example:5432/skyport"
     assert "s3cret" not in common._redacted("redis://:s3cret@cache:6379/0")
+
+
+def test_the_counting_proxy_counts_each_request_and_forwards_it_unchanged():
+    import http.server
+    import socketserver
+    import threading
+    import urllib.request
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            return
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    upstream = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    seen: list[tuple[str, str]] = []
+    with socketserver.TCPServer(("127.0.0.1", 0), None) as probe:  # a free port for the proxy
+        port = probe.server_address[1]
+    proxy = common.start_counting_proxy(port, upstream.server_address[1],
+                                        lambda path, params, auth: seen.append((params["Action"][0], auth)))
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/?x=1", data=b"Action=DescribeInstances",
+                                         headers={"Authorization": "AWS4 Credential=k/20261202/eu-west-1/ec2/"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.read() == b"Action=DescribeInstances"
+    finally:
+        proxy.shutdown()
+        upstream.shutdown()
+    assert seen == [("DescribeInstances", "AWS4 Credential=k/20261202/eu-west-1/ec2/")]
+
+
+def test_a_look_up_is_told_from_a_list():
+    assert common.is_look_up({"Action": ["DescribeInstances"], "InstanceId.1": ["i-1"]})
+    assert common.is_look_up({"Filter.1.Name": ["instance-id"], "Filter.1.Value.1": ["i-1"]})
+    assert not common.is_look_up({"Filter.1.Name": ["instance-state-name"], "Filter.1.Value.1": ["running"]})
