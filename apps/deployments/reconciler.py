@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -677,7 +677,8 @@ def _sweep_failed(state: SweepState, worker_id: str, account: CloudAccount, regi
     return result
 
 
-def reconcile_due(*, worker_id: str | None = None, now: datetime.datetime | None = None, limit: int = 50) -> int:
+def reconcile_due(*, worker_id: str | None = None, now: datetime.datetime | None = None, limit: int = 50,
+                  look_up_elsewhere: Callable[[int, str], None] | None = None) -> int:
     """Sweep every account-region that is due, each under its own lease. Account-regions with live instances, and
     every region of an active account, get their SweepState (due at once) the first time they are seen. Returns how
     many were swept here."""
@@ -706,18 +707,19 @@ def reconcile_due(*, worker_id: str | None = None, now: datetime.datetime | None
     for state in list(due):
         if sweep(state.account, state.region, worker_id=worker_id) is not None:
             swept += 1
-    watched_look_ups(now=timezone.now())
+    watched_look_ups(now=timezone.now(), look_up_elsewhere=look_up_elsewhere)
     return swept
 
 
 # --- between sweeps: a closer look at what someone watches ---------------------------------------------------------
 
 
-def watched_look_ups(*, now: datetime.datetime) -> int:
+def watched_look_ups(*, now: datetime.datetime, look_up_elsewhere: Callable[[int, str], None] | None = None) -> int:
     """Between two sweeps of a fast account-region, look up the servers of its watched deployments (in one call where
     the provider allows it), every LOOK_UP_SECONDS. A sweep every few seconds alone leaves a watcher waiting up to a
     whole interval (plus the tick and the sweep itself) for a change made behind Skyport's back; the look-ups cut
-    that wait without a second list call. Returns how many servers were asked."""
+    that wait without a second list call. With `look_up_elsewhere`, each account-region's pass is handed to it (a
+    task of its own) instead of run here. Returns how many servers were asked here."""
     fast = fast_seconds()
     gap = datetime.timedelta(seconds=LOOK_UP_SECONDS)
     candidates = SweepState.objects.filter(
@@ -733,8 +735,17 @@ def watched_look_ups(*, now: datetime.datetime) -> int:
         # one pass per account-region every LOOK_UP_SECONDS, by one worker (an atomic add in the shared cache)
         if not cache.add(f"reconciler:looking:{state.pk}", 1, timeout=LOOK_UP_SECONDS):
             continue
-        asked += _look_up_watched(state.account, state.region)
+        if look_up_elsewhere is not None:
+            look_up_elsewhere(state.account_id, state.region)  # its own task: a slow sweep does not hold it up
+        else:
+            asked += _look_up_watched(state.account, state.region)
     return asked
+
+
+def look_up_watched(account_id: int, region: str) -> int:
+    """One look-up pass for an account-region (the task `watched_look_ups` hands it to on real workers)."""
+    account = CloudAccount.objects.all_tenants().filter(pk=account_id).first()
+    return _look_up_watched(account, region) if account is not None else 0
 
 
 def _look_up_watched(account: CloudAccount, region: str) -> int:

@@ -95,3 +95,25 @@ def test_no_look_ups_right_after_a_sweep(account, driver, deployment):
     _between_sweeps(account, seconds_ago=0.5)
     assert watched_look_ups(now=timezone.now()) == 0
     assert fresh(instance).state == S.RUNNING
+
+
+def test_on_real_workers_each_regions_look_ups_are_handed_to_a_task_of_their_own(account, driver, deployment):
+    from apps.deployments.reconciler import look_up_watched
+
+    server = running_server(driver)
+    instance = make_instance(deployment, account, server_id=server.id)
+    watch_touch(deployment.pk)
+    run_sweep(account)
+    sim_server_kill(EP, server.id, reason="hypervisor lost power")
+    _between_sweeps(account)
+    handed: list[tuple[int, str]] = []
+    gets = sim_call_count(EP, "get_server")
+    assert watched_look_ups(now=timezone.now(), look_up_elsewhere=lambda a, r: handed.append((a, r))) == 0
+    assert handed == [(account.pk, "r1")]
+    assert sim_call_count(EP, "get_server") == gets and fresh(instance).state == S.RUNNING  # nothing asked here
+    # the task's side: the pass itself
+    assert look_up_watched(account.pk, "r1") == 1
+    assert fresh(instance).state == S.ERROR
+    # a second tick within the same LOOK_UP_SECONDS hands nothing more
+    assert watched_look_ups(now=timezone.now(), look_up_elsewhere=lambda a, r: handed.append((a, r))) == 0
+    assert handed == [(account.pk, "r1")]
