@@ -81,10 +81,13 @@ SLOW_SECONDS = 300
 STUCK_SECONDS = 30 * 60
 # long enough for one list plus the direct look-ups of a large region; a worker that dies frees it this late
 SWEEP_LEASE_SECONDS = 120
-# between two sweeps of an account-region, the servers of its watched deployments are looked up (one call on EC2),
-# at most this many, at most every LOOK_UP_SECONDS
+# between two sweeps of an account-region, the servers of its watched deployments are looked up,
+# at most this many, at most every LOOK_UP_SECONDS (one DescribeInstances per account-region on EC2)
 WATCHED_LOOK_UPS = 20
-LOOK_UP_SECONDS = 2
+LOOK_UP_SECONDS = 1
+# no look-up this close after a sweep finished or before the next starts: the sweep covers those moments
+LOOK_UP_CLEAR_AFTER_SWEEP = datetime.timedelta(seconds=1)
+LOOK_UP_CLEAR_BEFORE_SWEEP = datetime.timedelta(seconds=0.5)
 # consecutive failed sweeps before the account shows as degraded (an auth failure shows at once as failing)
 DEGRADED_AFTER_FAILURES = 3
 HEALTH_PREFIX = "Server sync in "
@@ -721,10 +724,9 @@ def watched_look_ups(*, now: datetime.datetime, look_up_elsewhere: Callable[[int
     that wait without a second list call. With `look_up_elsewhere`, each account-region's pass is handed to it (a
     task of its own) instead of run here. Returns how many servers were asked here."""
     fast = fast_seconds()
-    gap = datetime.timedelta(seconds=LOOK_UP_SECONDS)
     candidates = SweepState.objects.filter(
-        lease_owner="", last_finished_at__isnull=False, last_finished_at__lte=now - gap,
-        next_sweep_at__gt=now + datetime.timedelta(seconds=1), failures=0,
+        lease_owner="", last_finished_at__isnull=False, last_finished_at__lte=now - LOOK_UP_CLEAR_AFTER_SWEEP,
+        next_sweep_at__gt=now + LOOK_UP_CLEAR_BEFORE_SWEEP, failures=0,
     ).select_related("account")
     asked = 0
     for state in candidates:
