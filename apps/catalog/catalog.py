@@ -26,11 +26,10 @@ from apps.catalog.models import (
     CatalogPublication,
     HardwareProfile,
     Image,
-    ImageCopy,
     image_usable_by_project,
 )
 from apps.catalog.permissions import require_change
-from apps.catalog.profiles import cheapest, profile_mapping, profile_mappings
+from apps.catalog.profiles import LaunchWorld, cheapest, launch_world, profile_mapping, profile_mappings
 from apps.core import audit
 from apps.core.access import get_access
 from apps.core.events import send_on_commit
@@ -434,8 +433,10 @@ def catalog_item_refresh_price(item: CatalogItem) -> CatalogItem:
 
 
 # --- launching and browsing ---------------------------------------------------------------------------------------
-def catalog_item_launch_check(item: CatalogItem, *, project: Project) -> list[str]:
-    """Why the item cannot be launched in `project` ([] when it can). Permission to launch is the launch's check."""
+def catalog_item_launch_check(item: CatalogItem, *, project: Project, world: LaunchWorld | None = None) -> list[str]:
+    """Why the item cannot be launched in `project` ([] when it can). Permission to launch is the launch's check.
+    `world` (from `launch_world` for the item's image and `project`) is what the launch reads once and hands to
+    placement too; without it, or for a blueprint item, the check reads what it needs itself."""
     reasons: list[str] = []
     if item.organization_id != project.organization_id:
         return [f"{item.name} is not offered in {project.name}."]
@@ -446,7 +447,6 @@ def catalog_item_launch_check(item: CatalogItem, *, project: Project) -> list[st
     published = CatalogPublication.objects.all_tenants().filter(item_id=item.pk, project_id=project.pk).exists()
     if not published:
         reasons.append(f"{item.name} is not published to {project.name}.")
-    organization = Organization.objects.all_tenants().get(pk=item.organization_id)
     if item.kind == CatalogItem.Kind.IMAGE:
         image, profile = item.image, item.profile
         if image is None or profile is None:
@@ -454,22 +454,10 @@ def catalog_item_launch_check(item: CatalogItem, *, project: Project) -> list[st
         problem = _image_problem(image, project)
         if problem:
             reasons.append(problem)
-        mapping = profile_mapping(profile, organization=organization, project=project, image=image)
-        fits = [f for f in mapping if f.fits]
-        if not mapping:
-            reasons.append(f"No cloud account is granted to {project.name}.")
-        elif not fits:
-            reasons.append(f"No cloud granted to {project.name} has a flavor for {profile.name} ({image.arch}).")
-        else:
-            copies = set(
-                ImageCopy.objects.all_tenants()
-                .filter(image_id=image.pk, state=ImageCopy.State.AVAILABLE)
-                .values_list("account_id", "region")
-            )
-            if not any((f.account.pk, f.region) in copies for f in fits):
-                where = ", ".join(f.where for f in cheapest(fits)[:3])
-                reasons.append(f"Image {image} has no copy in {where}: push it first.")
-        return reasons
+        if world is None or not world.serves(project, image):
+            world = launch_world(project, image)
+        return reasons + _cloud_problems(world, profile)
+    organization = Organization.objects.all_tenants().get(pk=item.organization_id)
     version = item.blueprint_version
     if version is None:
         return [*reasons, f"{item.name} has no blueprint version."]
@@ -483,6 +471,21 @@ def catalog_item_launch_check(item: CatalogItem, *, project: Project) -> list[st
     preview = blueprint_preview(version.spec or {}, organization=organization, project=project)
     reasons.extend(_sentence(p) for p in preview.problems)
     return list(dict.fromkeys(reasons))
+
+
+def _cloud_problems(world: LaunchWorld, profile: HardwareProfile) -> list[str]:
+    """Why no granted cloud can take the image on `profile`: no grant, no fitting flavor, or no copy there."""
+    project, image = world.project, world.image
+    mapping = world.mapping(profile, granted_only=True)
+    fits = [f for f in mapping if f.fits]
+    if not mapping:
+        return [f"No cloud account is granted to {project.name}."]
+    if not fits:
+        return [f"No cloud granted to {project.name} has a flavor for {profile.name} ({image.arch})."]
+    if not any((f.account.pk, f.region) in world.copies for f in fits):
+        where = ", ".join(f.where for f in cheapest(fits)[:3])
+        return [f"Image {image} has no copy in {where}: push it first."]
+    return []
 
 
 def _sentence(text: str) -> str:

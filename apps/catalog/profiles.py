@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from apps.accounts.models import Organization, Project, User
-from apps.catalog.models import CatalogItem, HardwareProfile, Image
+from apps.catalog.models import CatalogItem, HardwareProfile, Image, ImageCopy
 from apps.catalog.permissions import require_change
 from apps.clouds.models import CloudAccount, CloudGrant, Flavor
 from apps.core import audit
@@ -131,37 +131,101 @@ class _World:
 
 
 def _load(organization: Organization, arch: str, project: Project | None) -> _World:
-    accounts = list(
-        CloudAccount.objects.all_tenants().filter(organization_id=organization.pk, is_active=True).order_by("name")
+    accounts = _active_accounts(organization.pk)
+    grants = _project_grants(organization.pk, project.pk) if project is not None else None
+    targets = _targets(accounts, grants)
+    flavors, any_flavor = _flavors(organization.pk, arch, {a.pk for a, _ in targets})
+    return _World(targets, flavors, any_flavor)
+
+
+def _active_accounts(organization_id: int) -> list[CloudAccount]:
+    return list(
+        CloudAccount.objects.all_tenants().filter(organization_id=organization_id, is_active=True).order_by("name")
     )
+
+
+def _project_grants(organization_id: int, project_id: int) -> dict[int, CloudGrant]:
+    """The project's live grants by account id (the first one of an account, as `live_grants` answers)."""
     grants: dict[int, CloudGrant] = {}
-    if project is not None:
-        live = CloudGrant.objects.all_tenants().filter(
-            organization_id=organization.pk, project_id=project.pk, revoked_at__isnull=True
-        )
-        grants = {g.account_id: g for g in live}
+    live = CloudGrant.objects.all_tenants().filter(
+        organization_id=organization_id, project_id=project_id, revoked_at__isnull=True
+    )
+    for grant in live:
+        grants.setdefault(grant.account_id, grant)
+    return grants
+
+
+def _targets(accounts: list[CloudAccount], grants: dict[int, CloudGrant] | None) -> list[tuple[CloudAccount, str]]:
+    """Every account-region (None: no project), or only those a live grant covers."""
     targets: list[tuple[CloudAccount, str]] = []
     for account in accounts:
-        grant = grants.get(account.pk)
-        if project is not None and grant is None:
+        grant = grants.get(account.pk) if grants is not None else None
+        if grants is not None and grant is None:
             continue
         for region in account.all_regions:
             if grant is None or grant.covers(region):
                 targets.append((account, region))
+    return targets
+
+
+def _flavors(
+    organization_id: int, arch: str, account_ids: set[int]
+) -> tuple[dict[tuple[int, str], list[Flavor]], set[tuple[int, str]]]:
     flavors: dict[tuple[int, str], list[Flavor]] = {}
     any_flavor: set[tuple[int, str]] = set()
-    if targets:
-        rows = Flavor.objects.all_tenants().filter(
-            organization_id=organization.pk, is_active=True, account_id__in={a.pk for a, _ in targets}
-        )
-        for flavor in rows:
-            key = (flavor.account_id, flavor.region)
-            any_flavor.add(key)
-            if flavor.arch == arch:
-                flavors.setdefault(key, []).append(flavor)
-        for candidates in flavors.values():
-            candidates.sort(key=_flavor_order)
-    return _World(targets, flavors, any_flavor)
+    if not account_ids:
+        return flavors, any_flavor
+    rows = Flavor.objects.all_tenants().filter(organization_id=organization_id, is_active=True,
+                                               account_id__in=account_ids)
+    for flavor in rows:
+        key = (flavor.account_id, flavor.region)
+        any_flavor.add(key)
+        if flavor.arch == arch:
+            flavors.setdefault(key, []).append(flavor)
+    for candidates in flavors.values():
+        candidates.sort(key=_flavor_order)
+    return flavors, any_flavor
+
+
+@dataclass
+class LaunchWorld:
+    """What launching one image in one project reads about clouds, read once and shared by the launch check
+    (`catalog_item_launch_check`) and placement (`placement_candidates`): both used to read the same accounts,
+    grants, flavors and image copies, which was a quarter of a launch request's queries. A snapshot for one
+    request, never kept across requests."""
+
+    project: Project
+    image: Image
+    accounts: list[CloudAccount]  # the organisation's active accounts, by name
+    grants: dict[int, CloudGrant]  # the project's live grants by account id
+    flavors: dict[tuple[int, str], list[Flavor]]  # of every active account, the image's arch, best first
+    any_flavor: set[tuple[int, str]]
+    copies: dict[tuple[int, str], str]  # (account id, region) → provider image id of the available copies
+
+    def serves(self, project: Project, image: Image) -> bool:
+        """Whether this snapshot was read for `project` and `image`: one read for another is never used."""
+        return (self.project.pk, self.project.organization_id, self.image.pk) == (
+            project.pk, project.organization_id, image.pk)
+
+    def mapping(self, profile: HardwareProfile, *, granted_only: bool) -> list[ProfileFit]:
+        """`profile_mapping(profile, image=...)` from the snapshot: with `granted_only` as for the project (only
+        the account-regions its live grants cover), else for every account-region of the organisation."""
+        world = _World(_targets(self.accounts, self.grants if granted_only else None), self.flavors, self.any_flavor)
+        return _fits_for(world, _need(profile, self.image), self.image.arch)
+
+
+def launch_world(project: Project, image: Image) -> LaunchWorld:
+    """Read, in four queries, what the launch check and placement need to know about the clouds to launch `image`
+    in `project`: accounts, grants, flavors and the image's copies."""
+    organization_id = project.organization_id
+    accounts = _active_accounts(organization_id)
+    grants = _project_grants(organization_id, project.pk)
+    flavors, any_flavor = _flavors(organization_id, image.arch, {a.pk for a in accounts})
+    copies = {
+        (c.account_id, c.region): c.provider_image_id
+        for c in ImageCopy.objects.all_tenants().filter(image_id=image.pk, state=ImageCopy.State.AVAILABLE)
+    }
+    return LaunchWorld(project, image, accounts, grants, flavors, any_flavor, copies)
 
 
 def _fits_for(world: _World, need: _Need, arch: str) -> list[ProfileFit]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from apps.accounts.models import Organization, Project, User
-from apps.catalog.models import HardwareProfile, Image, ImageCopy, image_usable_by_project
-from apps.catalog.profiles import cheapest, profile_mapping
+from apps.accounts.models import Project, User
+from apps.catalog.models import HardwareProfile, Image, image_usable_by_project
+from apps.catalog.profiles import LaunchWorld, cheapest, launch_world
 from apps.clouds.models import CloudAccount, Flavor
-from apps.clouds.selectors import can_launch, live_grants
+from apps.clouds.selectors import can_launch
 from apps.core.permissions import ServiceError
 
 
@@ -41,22 +41,20 @@ class Rejection:
 
 
 def placement_candidates(
-    *, user: User, project: Project, image: Image, profile: HardwareProfile
+    *, user: User, project: Project, image: Image, profile: HardwareProfile, world: LaunchWorld | None = None
 ) -> tuple[list[Candidate], list[Rejection]]:
     """The account-regions one server of `image` on `profile` may go to, cheapest first, and every other
-    account-region of the organisation with why not."""
+    account-region of the organisation with why not. `world` (from `launch_world` for `project` and `image`) is
+    the launch check's read of accounts, grants, flavors and copies, reused rather than read again."""
     if not image_usable_by_project(image, project.pk):
         raise ServiceError(f"{image} is not approved for {project.name}: a security admin must approve it and it "
                            f"must belong to or be shared with the project.")
-    organization = Organization.objects.all_tenants().get(pk=project.organization_id)
-    copies = {
-        (c.account_id, c.region): c.provider_image_id
-        for c in ImageCopy.objects.all_tenants().filter(image=image, state=ImageCopy.State.AVAILABLE)
-    }
-    fits = {(f.account.pk, f.region): f for f in profile_mapping(profile, organization=organization, image=image)}
+    if world is None or not world.serves(project, image):
+        world = launch_world(project, image)
+    copies, grants = world.copies, world.grants
+    fits = {(f.account.pk, f.region): f for f in world.mapping(profile, granted_only=False)}
     candidates: list[Candidate] = []
     rejections: list[Rejection] = []
-    grants = live_grants(project)
     for fit in cheapest(fits.values()) + [f for f in fits.values() if f.flavor is None]:
         where = f"{fit.account.name}/{fit.region}"
         decision = can_launch(user, fit.account, fit.region, project, grants=grants)

@@ -46,10 +46,10 @@ from apps.catalog.blueprints import (
 )
 from apps.catalog.catalog import catalog_item_launch_check
 from apps.catalog.models import BlueprintVersion, CatalogItem, HardwareProfile, Image
-from apps.catalog.profiles import profile_mapping
+from apps.catalog.profiles import LaunchWorld, launch_world, profile_mapping
 from apps.clouds.models import CloudAccount, Flavor, Operation
 from apps.clouds.operations import operation_cancel, operation_start
-from apps.clouds.operations_tasks import operation_enqueue
+from apps.clouds.operations_tasks import operation_enqueue, operation_run_here
 from apps.core import audit
 from apps.core.access import get_access
 from apps.core.permissions import ServiceError, require
@@ -104,11 +104,17 @@ def _invalid(field_name: str, message: str | list[str]) -> ServiceError:
     return ServiceError({field_name: message if isinstance(message, list) else [message]})
 
 
-def _source(item: CatalogItem | None, version: BlueprintVersion | None, project: Project) -> None:
+def _source(item: CatalogItem | None, version: BlueprintVersion | None, project: Project,
+            worlds: dict[int, LaunchWorld]) -> None:
     if item is None and version is None:
         raise _invalid("catalog_item", "Choose what to launch: a catalog item.")
     if item is not None:
-        reasons = catalog_item_launch_check(item, project=project)
+        world = None
+        if (item.kind == CatalogItem.Kind.IMAGE and item.image is not None
+                and item.organization_id == project.organization_id):
+            # read once here, used again by placement: the same accounts, grants, flavors and copies
+            world = worlds[item.image.pk] = launch_world(project, item.image)
+        reasons = catalog_item_launch_check(item, project=project, world=world)
         if reasons:
             raise _invalid("catalog_item", reasons)
     elif version is not None and version.organization_id != project.organization_id:
@@ -168,8 +174,16 @@ def _server_plans(item: CatalogItem | None, version: BlueprintVersion | None, *,
     return plans, values
 
 
-def _place(plan: ServerPlan, *, actor: User, project: Project, policy: str, account: CloudAccount | None) -> None:
-    candidates, rejected = placement_candidates(user=actor, project=project, image=plan.image, profile=plan.profile)
+def _place(plan: ServerPlan, *, actor: User, project: Project, policy: str, account: CloudAccount | None,
+           worlds: dict[int, LaunchWorld] | None = None) -> None:
+    """Choose where the plan's servers go. `worlds` (image id → `launch_world`) holds what the launch has read
+    about the clouds already; what it lacks is read and added, for the next plan of the same image."""
+    worlds = {} if worlds is None else worlds
+    world = worlds.get(plan.image.pk)
+    if world is None:
+        world = worlds[plan.image.pk] = launch_world(project, plan.image)
+    candidates, rejected = placement_candidates(user=actor, project=project, image=plan.image, profile=plan.profile,
+                                                world=world)
     plan.candidates, plan.rejected = candidates, rejected
     if policy == Deployment.Policy.ACCOUNT:
         assert account is not None
@@ -278,7 +292,8 @@ def deployment_request(
         if existing is not None:
             return existing, False
     require(actor, "deployments.launch", project)
-    _source(item, blueprint_version, project)
+    worlds: dict[int, LaunchWorld] = {}  # image id → what the check and placement read about the clouds
+    _source(item, blueprint_version, project, worlds)
     name = (name or "").strip() if isinstance(name, str) else ""
     if not NAME_RE.match(name):
         raise _invalid("name", f"Name the deployment with {NAME_HELP}.")
@@ -306,7 +321,7 @@ def deployment_request(
         raise _invalid("name", f"{project.name} already has a deployment named {name}: choose another name.")
     for plan in plans:
         try:
-            _place(plan, actor=actor, project=project, policy=policy, account=account)
+            _place(plan, actor=actor, project=project, policy=policy, account=account, worlds=worlds)
         except ServiceError as exc:
             reasons = [f"{r.where}: {r.reason}" for r in plan.rejected]
             raise _invalid("cloud", [f"Server {plan.role}: {exc.messages[0]}", *reasons]) from None
@@ -545,9 +560,11 @@ def deployment_release_quota(deployment_id: int) -> int:
 
 
 # --- launching --------------------------------------------------------------------------------------------------
-def deployment_launch(deployment_id: int) -> Deployment:
+def deployment_launch(deployment_id: int, *, run_first_here: bool = False) -> Deployment:
     """Ask the before-launch hooks (no transaction open: they are HTTP calls), then start provisioning. Safe to run
-    twice: only the run that moves the deployment out of `requested` continues."""
+    twice: only the run that moves the deployment out of `requested` continues. `run_first_here` (the launch task)
+    runs the first create operation in this process instead of queueing it; the periodic resume, which launches
+    many in a row, leaves them to the queue."""
     from apps.deployments.hooks import hooks_before_launch
 
     deployment = Deployment.objects.all_tenants().get(pk=deployment_id)
@@ -566,8 +583,22 @@ def deployment_launch(deployment_id: int) -> Deployment:
         deployment.state = D.PROVISIONING
         deployment.save(update_fields=["state", "updated_at"])
         deployment_event_locked(deployment, "state")
-    deployment_advance(deployment_id)
+    if run_first_here:
+        _advance_and_run_first(deployment_id)
+    else:
+        deployment_advance(deployment_id)
     return Deployment.objects.all_tenants().get(pk=deployment_id)
+
+
+def _advance_and_run_first(deployment_id: int) -> None:
+    """Start the creates and run the first one's first steps here rather than through the queue: a launch then
+    waits for no second task to be picked up. The operation is committed before it runs (the launch runs with no
+    transaction open, as its hooks require), and the run takes its claim like any worker, so a resumed run of it
+    cannot run it twice; if this process dies first, the operation is pending and due for the periodic resume."""
+    run_here: list[int] = []
+    deployment_advance(deployment_id, run_here=run_here)
+    for operation_id in run_here:
+        operation_run_here(operation_id)
 
 
 def _outputs(instances: list[Instance]) -> dict[str, dict[str, str]]:
@@ -617,7 +648,8 @@ def _next_key(instance: Instance, action: str) -> str:
     return f"{prefix}{action}-{done + 1}"
 
 
-def _start_operation(instance: Instance, kind: str, params: dict[str, Any], actor: User | None) -> Operation:
+def _start_operation(instance: Instance, kind: str, params: dict[str, Any], actor: User | None, *,
+                     enqueue: bool = True) -> Operation:
     cached = instance._state.fields_cache.get("account")
     account = cached if cached is not None else CloudAccount.objects.all_tenants().get(pk=instance.account_id)
     operation = operation_start(account=account, region=instance.region, kind=kind,
@@ -626,12 +658,16 @@ def _start_operation(instance: Instance, kind: str, params: dict[str, Any], acto
                                 project=instance.project)
     Instance.objects.all_tenants().filter(pk=instance.pk).update(operation=operation)
     instance.operation = operation
-    operation_enqueue(operation.pk)
+    if enqueue:
+        operation_enqueue(operation.pk)
     return operation
 
 
-def deployment_advance(deployment_id: int) -> list[int]:
-    """Start creating every pending server whose dependencies all run; returns the instance ids started."""
+def deployment_advance(deployment_id: int, *, run_here: list[int] | None = None) -> list[int]:
+    """Start creating every pending server whose dependencies all run; returns the instance ids started.
+    With `run_here`, the first create operation is not queued but its id appended there, for the caller to run
+    after the commit in its own process (`operation_run_here`); the others are queued, so that other workers
+    create those servers meanwhile."""
     started: list[int] = []
     with transaction.atomic():
         deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
@@ -651,8 +687,11 @@ def deployment_advance(deployment_id: int) -> list[int]:
             if not all(role in running for role in needs):
                 continue
             user_data = render_outputs(instance.user_data, outputs)
-            _start_operation(instance, "create_server", _create_params(deployment, instance, user_data),
-                             deployment.owner)
+            inline = run_here is not None and not run_here
+            operation = _start_operation(instance, "create_server", _create_params(deployment, instance, user_data),
+                                         deployment.owner, enqueue=not inline)
+            if inline and run_here is not None:
+                run_here.append(operation.pk)
             transition(instance, to=S.BUILDING, cause=Cause.LAUNCH)
             started.append(instance.pk)
     return started
