@@ -249,7 +249,7 @@ def deployment_lifecycle(live: Live) -> None:
     assert box["id"] in [d["id"] for d in mine] and {d["state"] for d in mine} == {"active"}
     assert box["id"] in [d["id"] for d in live.run("-o", "json", "deployments", "list", "--project", "web").json()]
     shown = live.run("deployments", "show", "cli-box")
-    assert re.search(r"^cli-box +running +sim-west +west-1 +small \(1 vCPU, 2 GiB\) +" +
+    assert re.search(r"^cli-box +running +sim-west +west-1 +small \(1 vCPU, 2 GiB\) +small +" +
                      re.escape(box["instances"][0]["public_ips"][0]), shown.out, re.M)
 
     def state() -> tuple[str, list[str]]:
