@@ -21,6 +21,7 @@ from tests.deployments.test_reconciler import (  # noqa: F401  (fixtures)
     deployment,
     driver,
     fresh,
+    legacy,
     make_instance,
     run_sweep,
     running_server,
@@ -98,27 +99,15 @@ def test_a_resize_skyport_runs_is_not_an_outside_one(account, driver, deployment
 
 
 # --- adoption holds quota --------------------------------------------------------------------------------------------
-@pytest.fixture
-def legacy_server(account, driver, deployment):
-    from apps.clouds import services as cloud_services
-    from apps.deployments.models import UnmanagedServer
-
-    cloud_services.sync_account(account=account)  # flavors to size adopted servers from
-    make_instance(deployment, account, server_id=running_server(driver, "ours").id)
-    server = running_server(driver, "legacy-db")
-    run_sweep(account)
-    return UnmanagedServer.objects.all_tenants().get(provider_server_id=server.id)
-
-
-def test_an_adopted_server_is_held_against_the_quotas(legacy_server, sam, web):
+def test_an_adopted_server_is_held_against_the_quotas(legacy, sam, web):
     from apps.deployments.reconciler import unmanaged_adopt
 
-    created = unmanaged_adopt(actor=sam, server=legacy_server, project=web, name="Legacy DB")
+    created = unmanaged_adopt(actor=sam, server=legacy, project=web, name="Legacy DB")
     (held,) = QuotaReservation.objects.all_tenants().filter(deployment=created, released_at__isnull=True)
     assert (held.project_id, held.user_id, held.instances, held.vcpus, held.ram_mb) == (web.pk, sam.pk, 1, 1, 2048)
 
 
-def test_adoption_over_a_quota_is_refused_and_changes_nothing(legacy_server, sam, web):
+def test_adoption_over_a_quota_is_refused_and_changes_nothing(legacy, sam, web):
     from apps.core.permissions import ServiceError
     from apps.deployments.models import Deployment, Quota, UnmanagedServer
     from apps.deployments.reconciler import unmanaged_adopt
@@ -128,9 +117,9 @@ def test_adoption_over_a_quota_is_refused_and_changes_nothing(legacy_server, sam
     _hold(Deployment.objects.all_tenants().get(name="app"), instances=1)
     deployments_before = Deployment.objects.all_tenants().count()
     with pytest.raises(ServiceError) as refused:
-        unmanaged_adopt(actor=sam, server=legacy_server, project=web, name="Legacy DB")
+        unmanaged_adopt(actor=sam, server=legacy, project=web, name="Legacy DB")
     (message,) = refused.value.message_dict["project"]
     assert "quota" in message and "1 of 1" in message and "Raise the quota" in message
     assert Deployment.objects.all_tenants().count() == deployments_before
-    assert UnmanagedServer.objects.all_tenants().filter(pk=legacy_server.pk).exists()
+    assert UnmanagedServer.objects.all_tenants().filter(pk=legacy.pk).exists()
     assert QuotaReservation.objects.all_tenants().filter(released_at__isnull=True).count() == 1
