@@ -650,8 +650,9 @@ def _next_key(instance: Instance, action: str) -> str:
 
 def _start_operation(instance: Instance, kind: str, params: dict[str, Any], actor: User | None, *,
                      enqueue: bool = True) -> Operation:
-    cached = instance._state.fields_cache.get("account")
-    account = cached if cached is not None else CloudAccount.objects.all_tenants().get(pk=instance.account_id)
+    # the caller may have selected it with the instance (one query for every server)
+    account = (instance.account if Instance.account.is_cached(instance)
+               else CloudAccount.objects.all_tenants().get(pk=instance.account_id))
     operation = operation_start(account=account, region=instance.region, kind=kind,
                                 params={"instance_id": instance.pk, **params},
                                 idempotency_key=_next_key(instance, kind), actor=actor,
