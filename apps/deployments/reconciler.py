@@ -374,7 +374,7 @@ def _record_outside_resize(locked: Instance, flavor_id: str, observed_at: dateti
     list, record a same-state snapshot (usage is charged at the new size from then on, as after a transfer), hold
     the quota it now uses, and tell the pages."""
     from apps.clouds.models import Flavor
-    from apps.deployments.services import _quota_rebalance
+    from apps.deployments.services import quota_rebalance
 
     flavor = Flavor.objects.all_tenants().filter(account_id=locked.account_id, region=locked.region,
                                    provider_id=flavor_id).first()
@@ -396,7 +396,7 @@ def _record_outside_resize(locked: Instance, flavor_id: str, observed_at: dateti
         size=locked.size, vcpus=locked.vcpus, ram_mb=locked.ram_mb, disk_gb=locked.disk_gb,
         price_per_hour=locked.price_per_hour,
     )
-    _quota_rebalance(locked.deployment_id)
+    quota_rebalance(locked.deployment_id)
     deployment_event(locked.deployment, "sync", instance=locked.pk, state=locked.state)
 
 

@@ -727,7 +727,7 @@ def instance_operation_follow(operation: Operation) -> None:
         else:
             _follow_failure(deployment, instance, operation)
         if operation.kind in ("resize_server", "delete_server"):
-            _quota_rebalance(instance.deployment_id)
+            quota_rebalance(instance.deployment_id)
     if operation.kind in ("create_server", "delete_server") or operation.state == Operation.State.SUCCEEDED:
         deployment_advance(instance.deployment_id)
 
@@ -782,7 +782,7 @@ def _follow_success(deployment: Deployment, instance: Instance, operation: Opera
         hooks_after_launch(deployment, "instance.running", instance)
 
 
-def _quota_rebalance(deployment_id: int) -> None:
+def quota_rebalance(deployment_id: int) -> None:
     """After a resize (done or failed), hold exactly what the deployment's servers use: a larger size was reserved
     before the resize; a smaller one, or a failed resize, gives the difference back."""
     live = Instance.objects.all_tenants().filter(deployment_id=deployment_id).exclude(state=S.DELETED)
