@@ -47,14 +47,14 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy portal apps
 
-# production: with REDIS_URL set, daphne + a Celery worker + Celery beat (Procfile, run by honcho); without it, the
-# embedded default in one process
+# production: with REDIS_URL set, daphne + Celery workers (SKYPORT_WORKERS processes, default 2) + Celery beat
+# (Procfile, run by honcho); without it, the embedded default in one process
 serve: install
 	$(PYTHON) manage.py migrate --noinput
 	$(PYTHON) manage.py collectstatic --noinput --verbosity 0
 	mkdir -p $${SKYPORT_VAR_DIR:-var}
 	@if [ -n "$$REDIS_URL" ]; then \
-	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SKYPORT_HOST=$(HOST) SKYPORT_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile; \
+	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SKYPORT_HOST=$(HOST) SKYPORT_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile -c worker=$${SKYPORT_WORKERS:-2}; \
 	else \
 	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) portal.asgi:application; \
 	fi

@@ -10,8 +10,9 @@ adapted to moto's dialect (tests/clouds/moto_adapter.py: namespaces, empty bodie
      open, a public address): create and open a security group, create_node with it and the tags, poll
      DescribeInstances at Skyport's poll interval until running, and allocate and associate an Elastic IP only
      when the instance has no public address (the default subnet gives one);
- (b) Skyport: `POST /api/v1/deployments/` (PostgreSQL + Redis + daphne + a real Celery worker + beat) until the
-     API reports the deployment active.
+ (b) Skyport: `POST /api/v1/deployments/` (PostgreSQL + Redis + daphne + a real Celery worker + beat) until
+     Skyport reports the deployment active: the `active` event on a token websocket that follows the project, as
+     the portal's pages and `skyport launch --wait` learn it (`--poll-every S` polls the API instead).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench.api import FAILED_STATES, Client, Watcher
 from bench.common import (
     print_setup,
     require_postgres,
@@ -44,7 +46,7 @@ from bench.common import (
     summary,
     verdict,
 )
-from bench.stack import HOST, VENV_BIN, Stack
+from bench.stack import HOST, VENV_BIN, Stack, add_worker_arguments, workers_label
 
 NAME = "ec2_overhead"
 ADAPTER_ENV = "SKYPORT_BENCH_MOTO_ADAPTER"
@@ -189,36 +191,66 @@ def prepare(stack: Stack, endpoint: str) -> tuple[str, int, str]:
     return secret, int(project), "ec2-moto"
 
 
-def api(port: int, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=60)
-    try:
-        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
-                     headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
-        response = conn.getresponse()
-        raw = response.read()
-        return response.status, json.loads(raw) if raw else None
-    finally:
-        conn.close()
+WALL = time.time() - time.monotonic()  # monotonic → wall clock, to line client stamps up with the rows' own
 
 
-def skyport_launch(port: int, token: str, project: int, cloud: str, index: int, run: str,
-                   watch_every: float) -> float:
-    """One launch through the API; returns seconds from the request until the API says active."""
+def skyport_launch(client: Client, watcher: Watcher | None, project: int, cloud: str, index: int, run: str,
+                   poll_every: float, stamps: dict[int, tuple[float, float, float]]) -> float:
+    """One launch through the API; returns seconds from the request until Skyport reports it active: the `active`
+    event on the websocket (how the portal and `skyport launch --wait` learn it), or with `poll_every` the first API
+    read that says so."""
     started = time.monotonic()
-    status, body = api(port, token, "POST", "/api/v1/deployments/",
-                       {"project": project, "catalog_item": "ubuntu-ec2", "cloud": cloud, "name": f"s{run}-{index}"})
+    status, body = client.request("POST", "/api/v1/deployments/", {
+        "project": project, "catalog_item": "ubuntu-ec2", "cloud": cloud, "name": f"s{run}-{index}"})
     if status != 201:
         raise RuntimeError(f"launch answered {status}: {json.dumps(body)[:300]}")
     deployment = body["id"]
+    answered = time.monotonic()
+    if watcher is not None:
+        active = watcher.wait_active(deployment, timeout=300)
+        stamps[deployment] = (started + WALL, answered + WALL, active + WALL)
+        return active - started
     deadline = started + 300
     while time.monotonic() < deadline:
-        status, body = api(port, token, "GET", f"/api/v1/deployments/{deployment}/")
+        status, body = client.request("GET", f"/api/v1/deployments/{deployment}/")
         if body.get("state") == "active":
             return time.monotonic() - started
-        if body.get("state") in ("failed", "partially_failed"):
+        if body.get("state") in FAILED_STATES:
             raise RuntimeError(f"deployment {deployment} {body.get('state')}: {body.get('state_message')}")
-        time.sleep(watch_every)
+        time.sleep(poll_every)
     raise RuntimeError(f"deployment {deployment} not active after 300 s")
+
+
+BREAKDOWN_SQL = """
+SELECT d.id, extract(epoch FROM d.created_at), extract(epoch FROM min(o.created_at)),
+       extract(epoch FROM min(o.finished_at)), extract(epoch FROM min(t.detected_at))
+FROM deployments_deployment d
+JOIN deployments_instance i ON i.deployment_id = d.id
+JOIN clouds_operation o ON o.kind = 'create_server' AND o.params->>'instance_id' = i.id::text
+JOIN deployments_instancetransition t ON t.instance_id = i.id AND t.to_state = 'running'
+WHERE d.id = ANY(%s) GROUP BY d.id
+"""
+
+
+def breakdown(stack: Stack, stamps: dict[int, tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """Where a launch's time goes, in ms (p50/p95 of each phase), from the client's stamps and the rows' own:
+    request (sent → 201), launch task (deployment row → create operation row: the queue hop, hooks, planning),
+    provider steps (operation row → operation finished: claim, security group, create, first look, commits),
+    follow-up (operation finished → running transition recorded), delivery (→ `active` at the websocket)."""
+    import psycopg
+
+    with psycopg.connect(stack.database_url) as conn:
+        rows = conn.execute(BREAKDOWN_SQL, (list(stamps),)).fetchall()
+    phases: dict[str, list[float]] = {"request": [], "launch task": [], "provider steps": [], "follow-up": [],
+                                      "delivery": []}
+    for deployment, created, op_created, op_finished, running in rows:
+        sent, answered, active = stamps[deployment]
+        phases["request"].append((answered - sent) * 1000)
+        phases["launch task"].append((float(op_created) - float(created)) * 1000)
+        phases["provider steps"].append((float(op_finished) - float(op_created)) * 1000)
+        phases["follow-up"].append((float(running) - float(op_finished)) * 1000)
+        phases["delivery"].append((active - float(running)) * 1000)
+    return {name: summary(values) for name, values in phases.items() if values}
 
 
 def run_all(fn: Any, launches: int, clients: int) -> tuple[list[float], list[str], float]:
@@ -253,7 +285,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8625, help="daphne")
     parser.add_argument("--moto-port", type=int, default=5621)
     parser.add_argument("--proxy-port", type=int, default=5620)
-    parser.add_argument("--watch-every", type=float, default=0.25, help="seconds between API polls of (b)")
+    parser.add_argument("--poll-every", type=float, default=0.0,
+                        help="follow (b) by polling the API every so many seconds instead of the websocket")
+    add_worker_arguments(parser)
     parser.add_argument("--database", default="skyport_bench_ec2")
     return parser.parse_args()
 
@@ -282,12 +316,15 @@ def main() -> None:
             stack.prepare()
             token, project, cloud = prepare(stack, endpoint)
             counts.take()  # the account's sync is set-up, not launches
-            stack.start(workers=1, concurrency=2, worker_module="bench.ec2_overhead")
+            stack.start(workers=args.workers, concurrency=args.concurrency, pool=args.pool,
+                        worker_module="bench.ec2_overhead")
             setup = print_setup(
                 NAME, database=stack.database_url, redis=stack.redis_url, launches=args.launches,
-                clients=args.clients, poll_seconds=POLL_SECONDS, moto=f"moto_server on {HOST}:{args.moto_port}, "
+                clients=args.clients, poll_seconds=POLL_SECONDS,
+                skyport_followed_by=f"API poll every {args.poll_every} s" if args.poll_every else "websocket events",
+                moto=f"moto_server on {HOST}:{args.moto_port}, "
                 f"counted by a proxy on {args.proxy_port}", load_before=os.getloadavg(),
-                processes="daphne x1, Celery worker x1 (prefork, concurrency 2), Celery beat x1")
+                processes=workers_label(args))
 
             driver = direct_driver(args.proxy_port)
             direct, direct_errors, direct_wall = run_all(
@@ -295,12 +332,20 @@ def main() -> None:
             direct_calls = counts.take()
             say(f"(a) direct libcloud: {len(direct)}/{args.launches} running in {direct_wall:.1f} s")
 
+            client = Client(args.port, token)
+            stamps: dict[int, tuple[float, float, float]] = {}
+            watcher = None if args.poll_every else Watcher(args.port, token)
+            if watcher is not None:
+                watcher.start()
             portal, portal_errors, portal_wall = run_all(
-                lambda i: skyport_launch(args.port, token, project, cloud, i, run, args.watch_every),
+                lambda i: skyport_launch(client, watcher, project, cloud, i, run, args.poll_every, stamps),
                 args.launches, args.clients)
+            if watcher is not None:
+                watcher.stop.set()
             time.sleep(POLL_SECONDS + 1)  # calls still in flight after the last active (none expected)
             portal_calls = counts.take()
             say(f"(b) Skyport: {len(portal)}/{args.launches} active in {portal_wall:.1f} s")
+            phases = breakdown(stack, stamps) if stamps else {}
             dead = stack.alive()
     finally:
         proxy.shutdown()
@@ -319,6 +364,7 @@ def main() -> None:
         "direct_calls_per_launch": per_launch(direct_calls, args.launches),
         "skyport_calls_per_launch": per_launch(portal_calls, args.launches),
         "direct_calls_total_per_launch": calls_a, "skyport_calls_total_per_launch": calls_b,
+        "skyport_phases_ms": phases,
         "errors": {"direct": direct_errors[:5], "skyport": portal_errors[:5]}, "exited_processes": dead,
         "load_after": os.getloadavg(),
     }
@@ -328,6 +374,8 @@ def main() -> None:
         f"(ratio {ratio50:.2f}x p50, {ratio95:.2f}x p95)")
     say(f"EC2 calls per launch, counted at moto: direct {calls_a:.2f} {results['direct_calls_per_launch']}")
     say(f"                                       Skyport {calls_b:.2f} {results['skyport_calls_per_launch']}")
+    for name, figures in phases.items():
+        say(f"  Skyport {name:>15}: p50 {figures['p50']:7.1f} ms, p95 {figures['p95']:7.1f} ms")
     for label, errors in (("direct", direct_errors), ("Skyport", portal_errors)):
         if errors:
             say(f"{label} errors ({len(errors)}): {errors[:3]}")

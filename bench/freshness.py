@@ -34,7 +34,7 @@ from typing import Any
 
 from bench import _scale
 from bench.common import print_setup, require_postgres, require_real_workers, require_redis, save, say, verdict
-from bench.stack import Stack
+from bench.stack import Stack, add_worker_arguments
 
 DATABASE = "skyport_bench_fresh"
 REDIS_DB = 6
@@ -374,6 +374,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--watched", type=int, default=40)
     parser.add_argument("--seed", type=int, default=3)
+    add_worker_arguments(parser)
     parser.add_argument("--moto-port", type=int, default=MOTO_PORT)
     parser.add_argument("--proxy-port", type=int, default=PROXY_PORT)
     args = parser.parse_args()
@@ -409,7 +410,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            stack.start(workers=1, concurrency=2, beat=True,
+            stack.start(workers=args.workers, concurrency=args.concurrency, pool=args.pool, beat=True,
                         worker_module="bench.ec2_overhead" if args.provider == "moto" else "")
             setup = print_setup(
                 f"freshness-{args.provider}", provider=described, instances=args.instances, changes=args.changes,

@@ -12,7 +12,6 @@ and `GET /healthz` at the same client concurrency, same server) is measured in t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import os
@@ -20,9 +19,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from bench.api import Client, Watcher
 from bench.common import (
     percentile,
     print_setup,
@@ -34,7 +34,7 @@ from bench.common import (
     summary,
     verdict,
 )
-from bench.stack import HOST, Stack
+from bench.stack import Stack, add_worker_arguments, workers_label
 
 NAME = "launch_throughput"
 TARGET_PER_SECOND = 12.0
@@ -50,80 +50,6 @@ class Launch:
     deployment: int | None = None
     running: float | None = None
     error: str = ""
-
-
-class Client:
-    """One keep-alive HTTP connection per thread, as a script or CLI would hold it."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.port, self.token = port, token
-        self.local = threading.local()
-
-    def _conn(self) -> http.client.HTTPConnection:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
-        return conn
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        sent = {"Authorization": f"Token {self.token}", "Content-Type": "application/json", **(headers or {})}
-        for attempt in (1, 2):
-            conn = self._conn()
-            try:
-                conn.request(method, path, body=data, headers=sent)
-                response = conn.getresponse()
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-            except (http.client.HTTPException, OSError):
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-
-@dataclass
-class Watcher:
-    """Follows the project's deployments over one websocket and notes when each became active."""
-
-    port: int
-    token: str
-    active_at: dict[int, float] = field(default_factory=dict)
-    events: int = 0
-    ready: threading.Event = field(default_factory=threading.Event)
-    stop: threading.Event = field(default_factory=threading.Event)
-    error: str = ""
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._follow())
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.ready.set()
-
-    async def _follow(self) -> None:
-        import websockets
-
-        url = f"ws://{HOST}:{self.port}/ws/deployments/"
-        async with websockets.connect(url, additional_headers={"Authorization": f"Token {self.token}"},
-                                      max_queue=None) as socket:
-            while not self.stop.is_set():
-                try:
-                    raw = await asyncio.wait_for(socket.recv(), timeout=0.5)
-                except TimeoutError:
-                    continue
-                now = time.monotonic()
-                message = json.loads(raw)
-                if message.get("type") == "hello":
-                    self.ready.set()
-                    continue
-                if message.get("type") != "deployment.event":
-                    continue
-                self.events += 1
-                if message.get("state") == "active":
-                    self.active_at.setdefault(int(message["deployment"]), now)
 
 
 def prepare(stack: Stack, *, build_seconds: float, keep_hooks: bool) -> tuple[str, int]:
@@ -221,10 +147,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.launch_throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--launches", type=int, default=int(os.environ.get("BENCH_LAUNCHES", 400)))
     parser.add_argument("--clients", type=int, default=8, help="client threads sending launches")
-    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CELERY_CONCURRENCY", 2)),
-                        help="child processes per worker (the Procfile's CELERY_CONCURRENCY)")
-    parser.add_argument("--pool", default="prefork")
+    add_worker_arguments(parser)
     parser.add_argument("--build-seconds", type=float, default=1.0, help="the sim's build duration")
     parser.add_argument("--baseline-requests", type=int, default=600)
     parser.add_argument("--keep-hooks", action="store_true", help="keep the demo's before-launch hook on")
@@ -248,8 +171,7 @@ def main() -> None:
         stack.start(workers=args.workers, concurrency=args.concurrency, pool=args.pool)
         setup = print_setup(
             NAME, database=stack.database_url, redis=stack.redis_url,
-            processes=f"daphne x1, Celery worker x{args.workers} (pool {args.pool}, concurrency {args.concurrency}), "
-                      "Celery beat x1",
+            processes=workers_label(args),
             launches=args.launches, clients=args.clients, sim_build_seconds=args.build_seconds,
             before_launch_hooks="on" if args.keep_hooks else "off", load_before=os.getloadavg())
         client = Client(args.port, token)
@@ -260,11 +182,7 @@ def main() -> None:
             f"p50 {base_health['latency_ms']['p50']:.1f} ms")
 
         watcher = Watcher(args.port, token)
-        thread = threading.Thread(target=watcher.run, daemon=True)
-        thread.start()
-        watcher.ready.wait(30)
-        if watcher.error:
-            raise SystemExit(f"websocket: {watcher.error}")
+        watcher.start()
         run = uuid.uuid4().hex[:6]
         started = time.monotonic()
         launches = fire(client, project, launches=args.launches, clients=args.clients, run=run)
@@ -272,7 +190,6 @@ def main() -> None:
         say(f"{args.launches} launch requests answered in {fired:.1f} s ({args.launches / fired:.1f} req/s)")
         wait_running(watcher, launches, args.timeout)
         watcher.stop.set()
-        thread.join(5)
         dead = stack.alive()
         load_after = os.getloadavg()
 

@@ -3,7 +3,7 @@ daphne + Celery worker(s) + Celery beat as separate processes, started the way t
 
     with Stack(database="skyport_bench_launch", redis_db=3, port=8620) as stack:
         stack.prepare()                     # fresh database, migrate, demo seed
-        stack.start(workers=1, concurrency=2)
+        stack.start(workers=2, concurrency=4, pool="threads")
         ... stack.base_url ...
 
 Leaving the block stops every process it started (by process group) and drops the database.
@@ -77,6 +77,22 @@ def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
+
+
+def add_worker_arguments(parser: Any) -> None:
+    """--workers / --pool / --concurrency, defaulting to what `make serve` runs (SKYPORT_WORKERS, CELERY_POOL and
+    CELERY_CONCURRENCY as the Procfile reads them)."""
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("SKYPORT_WORKERS", 2)),
+                        help="Celery worker processes (make serve's SKYPORT_WORKERS)")
+    parser.add_argument("--pool", default=os.environ.get("CELERY_POOL", "threads"), choices=["threads", "prefork"],
+                        help="Celery worker pool (the Procfile's CELERY_POOL)")
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CELERY_CONCURRENCY", 4)),
+                        help="threads (or child processes) per worker (the Procfile's CELERY_CONCURRENCY)")
+
+
+def workers_label(args: Any) -> str:
+    workers = f"Celery worker x{args.workers} (pool {args.pool}, concurrency {args.concurrency})"
+    return f"daphne x1, {workers}, Celery beat x1"
 
 
 @dataclass
@@ -155,9 +171,10 @@ class Stack:
         self.processes[name] = subprocess.Popen(argv, cwd=ROOT, env=env or self.env, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start(self, *, workers: int = 1, concurrency: int = 2, pool: str = "prefork", beat: bool = True,
+    def start(self, *, workers: int = 2, concurrency: int = 4, pool: str = "threads", beat: bool = True,
               worker_module: str = "", daphne: bool = True) -> None:
-        """daphne, `workers` Celery workers of `concurrency` each (the Procfile's command line), and beat.
+        """daphne, `workers` Celery workers of `concurrency` each (the Procfile's command line and `make serve`'s
+        default: 2 processes of 4 threads), and beat.
         `worker_module` names a module imported by the worker before the app (a benchmark's provider adapter)."""
         if daphne:
             self._spawn("web", [str(VENV_BIN / "daphne"), "-b", HOST, "-p", str(self.port), "--proxy-headers",

@@ -93,6 +93,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+elif env.bool("DATABASE_POOL", default=True):
+    # A connection pool per process (psycopg_pool): daphne runs each request's ORM work in whichever thread asgiref
+    # gives it, and Celery closes a task's connections when it ends, so without a pool every request and every task
+    # paid a new PostgreSQL connection (and the server a new backend process). Closing returns the connection.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # persistent connections and a pool exclude each other
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=12),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=20.0),
+    }
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)

@@ -25,6 +25,15 @@ def django_db_setup(django_db_setup, django_db_blocker):
     # (transactional tests flush the tables, and `personas` seeds again when it finds them empty)
     with django_db_blocker.unblock():
         seed_accounts()
+    yield
+    # on PostgreSQL each alias keeps a connection pool (settings.DATABASES OPTIONS "pool"): its idle connections
+    # would keep the test database from being dropped
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all(initialized_only=True):
+            if getattr(connection, "pool", None) is not None:
+                connection.close_pool()
 
 
 @pytest.fixture

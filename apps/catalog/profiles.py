@@ -16,13 +16,16 @@ An account-region with no fitting flavor is listed with `flavor=None` and a reas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Window
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils.text import slugify
 
 from apps.accounts.models import Organization, Project, User
@@ -80,7 +83,7 @@ def _gib(ram_mb: int) -> str:
 
 
 def describe_size(vcpus: int, ram_mb: int, disk_gb: int = 0, gpus: int = 0) -> str:
-    """"4 vCPU / 8 GiB RAM" (plus the disk and GPUs when asked for)."""
+    """ "4 vCPU / 8 GiB RAM" (plus the disk and GPUs when asked for)."""
     parts = [f"{vcpus} vCPU", f"{_gib(ram_mb)} GiB RAM"]
     if disk_gb:
         parts.append(f"{disk_gb} GB disk")
@@ -175,8 +178,9 @@ def _flavors(
     any_flavor: set[tuple[int, str]] = set()
     if not account_ids:
         return flavors, any_flavor
-    rows = Flavor.objects.all_tenants().filter(organization_id=organization_id, is_active=True,
-                                               account_id__in=account_ids)
+    rows = Flavor.objects.all_tenants().filter(
+        organization_id=organization_id, is_active=True, account_id__in=account_ids
+    )
     for flavor in rows:
         key = (flavor.account_id, flavor.region)
         any_flavor.add(key)
@@ -192,57 +196,135 @@ class LaunchWorld:
     """What launching one image in one project reads about clouds, read once and shared by the launch check
     (`catalog_item_launch_check`) and placement (`placement_candidates`): both used to read the same accounts,
     grants, flavors and image copies, which was a quarter of a launch request's queries. A snapshot for one
-    request, never kept across requests."""
+    request, never kept across requests.
+
+    Flavors are not loaded whole: an EC2 account alone has hundreds per region. For each size asked for, one query
+    picks the best fitting flavor of every account-region in the database (`best_flavors`); the answer is kept for
+    the next ask of the same size (the launch check and placement ask the same)."""
 
     project: Project
     image: Image
     accounts: list[CloudAccount]  # the organisation's active accounts, by name
     grants: dict[int, CloudGrant]  # the project's live grants by account id
-    flavors: dict[tuple[int, str], list[Flavor]]  # of every active account, the image's arch, best first
-    any_flavor: set[tuple[int, str]]
     copies: dict[tuple[int, str], str]  # (account id, region) → provider image id of the available copies
+    _best: dict[_Need, dict[tuple[int, str], Flavor]] = dataclasses.field(default_factory=dict, repr=False)
+    _any_flavor: set[tuple[int, str]] | None = dataclasses.field(default=None, repr=False)
 
     def serves(self, project: Project, image: Image) -> bool:
         """Whether this snapshot was read for `project` and `image`: one read for another is never used."""
         return (self.project.pk, self.project.organization_id, self.image.pk) == (
-            project.pk, project.organization_id, image.pk)
+            project.pk,
+            project.organization_id,
+            image.pk,
+        )
 
     def mapping(self, profile: HardwareProfile, *, granted_only: bool) -> list[ProfileFit]:
         """`profile_mapping(profile, image=...)` from the snapshot: with `granted_only` as for the project (only
         the account-regions its live grants cover), else for every account-region of the organisation."""
-        world = _World(_targets(self.accounts, self.grants if granted_only else None), self.flavors, self.any_flavor)
-        return _fits_for(world, _need(profile, self.image), self.image.arch)
+        need = _need(profile, self.image)
+        if need not in self._best:
+            self._best[need] = best_flavors(
+                self.project.organization_id, self.image.arch, {a.pk for a in self.accounts}, need
+            )
+        targets = _targets(self.accounts, self.grants if granted_only else None)
+        return _fits_for(targets, self._best[need], self.any_flavor, need, self.image.arch)
+
+    def any_flavor(self) -> set[tuple[int, str]]:
+        """Account-regions with at least one synced flavor (any arch): read only to explain a region that fits
+        nothing."""
+        if self._any_flavor is None:
+            self._any_flavor = _synced_regions(self.project.organization_id, {a.pk for a in self.accounts})
+        return self._any_flavor
 
 
 def launch_world(project: Project, image: Image) -> LaunchWorld:
-    """Read, in four queries, what the launch check and placement need to know about the clouds to launch `image`
-    in `project`: accounts, grants, flavors and the image's copies."""
+    """Read, in three queries, what the launch check and placement need to know about the clouds to launch `image`
+    in `project`: accounts, grants and the image's copies (the best flavors follow, one query per size asked)."""
     organization_id = project.organization_id
     accounts = _active_accounts(organization_id)
     grants = _project_grants(organization_id, project.pk)
-    flavors, any_flavor = _flavors(organization_id, image.arch, {a.pk for a in accounts})
     copies = {
         (c.account_id, c.region): c.provider_image_id
         for c in ImageCopy.objects.all_tenants().filter(image_id=image.pk, state=ImageCopy.State.AVAILABLE)
     }
-    return LaunchWorld(project, image, accounts, grants, flavors, any_flavor, copies)
+    return LaunchWorld(project, image, accounts, grants, copies)
 
 
-def _fits_for(world: _World, need: _Need, arch: str) -> list[ProfileFit]:
+def _fitting(need: _Need) -> Q:
+    return (
+        Q(vcpus__gte=need.vcpus)
+        & Q(ram_mb__gte=need.ram_mb)
+        & (Q(disk_gb=0) | Q(disk_gb__gte=need.disk_gb))
+        & Q(gpus__gte=need.gpus)
+    )
+
+
+def best_flavors(organization_id: int, arch: str, account_ids: set[int], need: _Need) -> dict[tuple[int, str], Flavor]:
+    """The best flavor of `arch` fitting `need` in every account-region of `account_ids` that has one, chosen by
+    the database in one query (the order of `_flavor_order`: smallest, then cheapest, then by name)."""
+    if not account_ids:
+        return {}
+    price = Coalesce("price_override_per_hour", "provider_price_per_hour")
+    ranked = (
+        Flavor.objects.all_tenants()
+        .filter(_fitting(need), organization_id=organization_id, is_active=True, arch=arch, account_id__in=account_ids)
+        .annotate(
+            rank=Window(
+                RowNumber(),
+                partition_by=[F("account_id"), F("region")],
+                order_by=[
+                    F("vcpus").asc(),
+                    F("ram_mb").asc(),
+                    price.asc(nulls_last=True),
+                    F("name").asc(),
+                    F("pk").asc(),
+                ],
+            )
+        )
+        .filter(rank=1)
+    )
+    return {(f.account_id, f.region): f for f in ranked}
+
+
+def _synced_regions(organization_id: int, account_ids: set[int]) -> set[tuple[int, str]]:
+    if not account_ids:
+        return set()
+    rows = Flavor.objects.all_tenants().filter(
+        organization_id=organization_id, is_active=True, account_id__in=account_ids
+    )
+    return set(rows.values_list("account_id", "region").distinct().order_by())
+
+
+def _fits_for(
+    targets: list[tuple[CloudAccount, str]],
+    best: dict[tuple[int, str], Flavor],
+    any_flavor: Callable[[], set[tuple[int, str]]],
+    need: _Need,
+    arch: str,
+) -> list[ProfileFit]:
     out: list[ProfileFit] = []
-    for account, region in world.targets:
+    for account, region in targets:
         key = (account.pk, region)
-        best = next((f for f in world.flavors.get(key, []) if need.fits(f)), None)
-        if best is not None:
-            out.append(ProfileFit(account, region, best, flavor_price(best)))
+        flavor = best.get(key)
+        if flavor is not None:
+            out.append(ProfileFit(account, region, flavor, flavor_price(flavor)))
             continue
-        if key not in world.any_flavor:
+        if key not in any_flavor():
             reason = f"no flavors synced for {account.name} {region}"
         else:
             size = describe_size(need.vcpus, need.ram_mb, need.disk_gb, need.gpus)
             reason = f"no flavor with {size} for {arch} in {account.name} {region}"
         out.append(ProfileFit(account, region, None, None, reason))
     return out
+
+
+def _world_best(world: _World, need: _Need) -> dict[tuple[int, str], Flavor]:
+    best: dict[tuple[int, str], Flavor] = {}
+    for key, candidates in world.flavors.items():
+        flavor = next((f for f in candidates if need.fits(f)), None)
+        if flavor is not None:
+            best[key] = flavor
+    return best
 
 
 def profile_mapping(
@@ -270,7 +352,11 @@ def profile_mappings(
     if image is not None:
         arch = image.arch
     world = _load(organization, arch, project)
-    return {p.pk: _fits_for(world, _need(p, image), arch) for p in profiles}
+    fits: dict[int, list[ProfileFit]] = {}
+    for profile in profiles:
+        need = _need(profile, image)
+        fits[profile.pk] = _fits_for(world.targets, _world_best(world, need), lambda: world.any_flavor, need, arch)
+    return fits
 
 
 def cheapest(fits: Iterable[ProfileFit]) -> list[ProfileFit]:
@@ -334,8 +420,9 @@ def profile_create(
     if not get_access(actor).can("images.manage", organization_id=organization.pk):
         raise PermissionDenied("You are not allowed to do this (images.manage).")
     name, slug = _clean_name(name)
-    values = {f: _clean_number(f, v) for f, v in
-              (("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb), ("gpus", gpus))}
+    values = {
+        f: _clean_number(f, v) for f, v in (("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb), ("gpus", gpus))
+    }
     description = (description or "").strip()
     if len(description) > 500:
         raise ServiceError({"description": "Use at most 500 characters."})
@@ -347,8 +434,9 @@ def profile_create(
             )
     except IntegrityError:
         raise ServiceError({"name": "A profile with this name was just created: choose another name."}) from None
-    audit.record(actor=actor, verb="hardware_profile.create", obj=profile,
-                 after=audit.snapshot(profile, PROFILE_FIELDS))
+    audit.record(
+        actor=actor, verb="hardware_profile.create", obj=profile, after=audit.snapshot(profile, PROFILE_FIELDS)
+    )
     return profile
 
 

@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from apps.catalog.models import CatalogItem, HardwareProfile, Image
 from apps.catalog.profiles import (
     flavor_price,
+    launch_world,
     profile_create,
     profile_delete,
     profile_mapping,
@@ -38,11 +39,11 @@ def make_account(org: Any, name: str, *, kind: str = "sim", regions: list[str] |
 
 def make_flavor(account: CloudAccount, name: str, vcpus: int, ram_mb: int, *, region: str | None = None,
                 arch: str = "x86_64", price: str | None = None, override: str | None = None, disk_gb: int = 0,
-                gpus: int = 0, is_active: bool = True) -> Flavor:
+                gpus: int = 0, is_active: bool = True, provider_id: str | None = None) -> Flavor:
     return Flavor.objects.create(
         organization_id=account.organization_id, account=account, region=region or account.all_regions[0],
-        provider_id=f"{account.slug}-{name}-{region or ''}", name=name, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
-        arch=arch, gpus=gpus, is_active=is_active,
+        provider_id=provider_id or f"{account.slug}-{name}-{region or ''}", name=name, vcpus=vcpus, ram_mb=ram_mb,
+        disk_gb=disk_gb, arch=arch, gpus=gpus, is_active=is_active,
         provider_price_per_hour=Decimal(price) if price is not None else None,
         price_override_per_hour=Decimal(override) if override is not None else None,
     )
@@ -252,3 +253,80 @@ def test_mappings_for_many_profiles_take_a_constant_number_of_queries(acme, web,
     assert fit_for(result_five[profiles[1].pk], clouds["sim"]).flavor.name == "small"
     assert fit_for(result_five[profiles[4].pk], clouds["sim"]).flavor is None
     assert fit_for(result_one[profiles[0].pk], clouds["sim"]).flavor.name == "small"
+
+
+# --- the launch's snapshot: the best flavor chosen by the database -------------------------------------------------
+def _plain_fits(fits: list[Any]) -> list[tuple[int, str, int | None, Decimal | None, str]]:
+    return [(f.account.pk, f.region, f.flavor.pk if f.flavor else None, f.price_per_hour, f.reason) for f in fits]
+
+
+@pytest.mark.django_db
+def test_the_launch_snapshot_picks_in_sql_what_the_mapping_picks_in_python(acme, web):
+    """Many flavors with ties in size and price, overrides, unknown prices, disks, GPUs, another architecture and
+    inactive ones: for every size asked, the database's choice (`launch_world`) is the mapping's own."""
+    import random
+
+    rng = random.Random(7)
+    ec2 = make_account(acme, "ec2-many", kind="ec2", regions=["us-east-1", "eu-west-1", "ap-south-1"])
+    sim = make_account(acme, "sim-many", regions=["region-1", "region-2"])
+    prices = [None, "0.01", "0.02", "0.05", "0.05", "0.1"]
+    for n in range(160):
+        account = rng.choice([ec2, sim])
+        make_flavor(account, f"f{n % 23}", rng.choice([1, 2, 2, 4, 8]), rng.choice([512, 1024, 2048, 4096, 8192]),
+                    region=rng.choice(account.all_regions), arch=rng.choice(["x86_64", "x86_64", "arm64"]),
+                    price=rng.choice(prices), override=rng.choice([None, None, None, "0.03"]),
+                    disk_gb=rng.choice([0, 0, 10, 40]), gpus=rng.choice([0, 0, 0, 1]),
+                    is_active=rng.random() > 0.1, provider_id=f"id-{n}")
+    make_account(acme, "empty", regions=["region-1"])  # nothing synced: its reason differs from "no fit"
+    for account in (ec2, sim):
+        CloudGrant.objects.create(organization=acme, account=account, project=web)
+    sizes = [(1, 512, 0, 0), (2, 2048, 20, 0), (4, 4096, 0, 1), (8, 8192, 50, 0), (16, 65536, 0, 0)]
+    for arch in ("x86_64", "arm64"):
+        image = make_image(web, f"img-{arch}", arch=arch)
+        world = launch_world(web, image)
+        for vcpus, ram_mb, disk_gb, gpus in sizes:
+            profile = make_profile(acme, f"p-{arch}-{vcpus}-{ram_mb}-{disk_gb}-{gpus}", vcpus, ram_mb,
+                                   disk_gb=disk_gb, gpus=gpus)
+            for granted_only in (True, False):
+                expected = profile_mapping(profile, organization=acme, image=image,
+                                           project=web if granted_only else None)
+                assert _plain_fits(world.mapping(profile, granted_only=granted_only)) == _plain_fits(expected)
+    assert any(f.flavor is None for f in world.mapping(profile, granted_only=False)), "some size fits nowhere"
+
+
+@pytest.mark.django_db
+def test_the_launch_snapshot_reads_one_flavor_per_region_however_many_are_synced(acme, web):
+    """An EC2 region has hundreds of instance types: a launch reads the best one per account-region, in one
+    query, never all of them."""
+    from django.db.models.signals import post_init
+
+    account = make_account(acme, "ec2-big", kind="ec2", regions=["us-east-1", "eu-west-1"])
+    CloudGrant.objects.create(organization=acme, account=account, project=web)
+    profile = make_profile(acme, "Small", 1, 1024)
+    image = make_image(web, "Ubuntu")
+
+    def read(flavors_per_region: int) -> tuple[int, int, list[Any]]:
+        have = Flavor.objects.all_tenants().filter(account=account).count() // 2
+        for n in range(have, flavors_per_region):
+            for region in account.all_regions:
+                make_flavor(account, f"t{n}", 1 + n % 8, 1024 * (1 + n % 16), region=region, price=f"0.{n + 10}")
+        built: list[Flavor] = []
+
+        def note(sender: Any, instance: Any, **kwargs: Any) -> None:
+            built.append(instance)
+
+        post_init.connect(note, sender=Flavor)
+        try:
+            with CaptureQueriesContext(connection) as ctx:
+                fits = launch_world(web, image).mapping(profile, granted_only=True)
+        finally:
+            post_init.disconnect(note, sender=Flavor)
+        return len(ctx.captured_queries), len(built), fits
+
+    few_queries, few_built, few = read(3)
+    many_queries, many_built, many = read(300)
+    assert few_queries == many_queries
+    assert few_built == many_built == 2  # one per account-region
+    assert [f.flavor.name for f in many] == ["t0", "t0"]  # 1 vCPU / 1 GiB, the smallest fit
+    assert _plain_fits(many) == _plain_fits(profile_mapping(profile, organization=acme, image=image, project=web))
+    assert [f.flavor.pk for f in few] == [f.flavor.pk for f in many]
