@@ -740,3 +740,21 @@ def test_walk_allowed_role_gets_an_answer(client, walk_world, personas, name):
     if route.get("shows_marker"):
         body = text(response).split('id="main"', 1)[-1]
         assert MARK in body or MARK.lower() in body, body[:500]
+
+
+def test_the_list_shows_fifty_newest_per_page_and_counts_them_all(as_user, connor, acme, web, launch_world):
+    from apps.deployments.views import LIST_PAGE_SIZE
+
+    account = launch_world["accounts"]["sim-west"]
+    made = _rows(acme, web, connor, account, LIST_PAGE_SIZE + 3, servers=1)
+    client = as_user(connor)
+    first = client.get("/deployments/").content.decode()
+    second = client.get("/deployments/?page=2").content.decode()
+    shown_first = first.count('<tr id="deployment-')
+    assert shown_first == LIST_PAGE_SIZE == 50
+    total = Deployment.objects.all_tenants().filter(owner=connor).exclude(state__in=("deleted",)).count()
+    assert second.count('<tr id="deployment-') == total - LIST_PAGE_SIZE
+    newest, oldest = made[-1], made[0]
+    assert f'id="deployment-{newest.pk}"' in first and f'id="deployment-{newest.pk}"' not in second
+    assert f'id="deployment-{oldest.pk}"' in second and f'id="deployment-{oldest.pk}"' not in first
+    assert f'border">{total}</span>' in first  # the heading counts every deployment, not the page
