@@ -551,9 +551,16 @@ def _mine(operation: Operation, worker_id: str) -> Any:
 
 
 def _release(operation: Operation, worker_id: str, **fields: Any) -> bool:
+    """Give the lease back with `fields` written (plain values: the row is ours while we hold the lease), and make
+    the same change on `operation`, so that the run can answer with it instead of reading the row back."""
     fields.setdefault("lease_owner", "")
     fields.setdefault("lease_expires_at", None)
-    return _mine(operation, worker_id).update(updated_at=timezone.now(), **fields) == 1
+    fields["updated_at"] = timezone.now()
+    if _mine(operation, worker_id).update(**fields) != 1:
+        return False
+    for name, value in fields.items():
+        setattr(operation, name, value)
+    return True
 
 
 def _finish_failed(operation: Operation, worker_id: str, message: str, kind: str) -> None:
@@ -616,8 +623,7 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
         try:
             update = STEPS[name](ctx) or {}
         except NotReady as wait:
-            _park(operation, worker_id, wait)
-            return _rows().get(pk=operation_id)
+            return operation if _park(operation, worker_id, wait) else _rows().get(pk=operation_id)
         except OperationFailed as exc:
             _finish_failed(operation, worker_id, str(exc), "failed")
             return _rows().get(pk=operation_id)
@@ -650,14 +656,15 @@ def operation_run(operation_id: int, *, worker_id: str, lease_seconds: int = LEA
         operation.result = result
         if park_after and operation.step < len(operation.steps):
             waiting_for = f"{operation.steps[operation.step]} (looked at after the provider's estimate)"
-            _park(operation, worker_id, NotReady(waiting_for, delay=park_after))
-            return _rows().get(pk=operation_id)
+            parked = _park(operation, worker_id, NotReady(waiting_for, delay=park_after))
+            return operation if parked else _rows().get(pk=operation_id)
 
-    _release(operation, worker_id, state=Operation.State.SUCCEEDED, finished_at=timezone.now(), error="", error_kind="")
-    return _rows().get(pk=operation_id)
+    done = _release(operation, worker_id, state=Operation.State.SUCCEEDED, finished_at=timezone.now(), error="",
+                    error_kind="")
+    return operation if done else _rows().get(pk=operation_id)
 
 
-def _park(operation: Operation, worker_id: str, wait: NotReady) -> None:
+def _park(operation: Operation, worker_id: str, wait: NotReady) -> bool:
     """Waiting is not an attempt: give the attempt back, and fail only when the wait has lasted too long."""
     now = timezone.now()
     since_raw = operation.result.get("waiting_since")
@@ -666,12 +673,12 @@ def _park(operation: Operation, worker_id: str, wait: NotReady) -> None:
     if (now - since).total_seconds() > timeout:
         minutes = timeout // 60
         _finish_failed(operation, worker_id, f"Waited more than {minutes} minutes for {wait.waiting_for}.", "timeout")
-        return
-    _release(
+        return False
+    return _release(
         operation,
         worker_id,
         state=Operation.State.PENDING,
-        attempt=F("attempt") - 1,
+        attempt=operation.attempt - 1,
         next_attempt_at=now + datetime.timedelta(seconds=wait.delay),
         result={
             **operation.result,

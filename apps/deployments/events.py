@@ -16,6 +16,7 @@ org.<id>.deployments (org roles' overviews).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import transaction
@@ -70,9 +71,10 @@ def deployment_first_event(deployment: Any, event: str, **fields: Any) -> int:
     return 1
 
 
-def deployment_event_locked(deployment: Any, event: str, **fields: Any) -> int:
+def deployment_event_locked(deployment: Any, event: str, *, save: Sequence[str] = (), **fields: Any) -> int:
     """`deployment_event` for a deployment row this transaction read with select_for_update: the sequence as read
-    is current while the lock is held, so the next number is written without being read back."""
+    is current while the lock is held, so the next number is written without being read back. `save` names fields
+    the caller changed on the object: they are written with the sequence, in the same UPDATE."""
     from apps.deployments.models import Deployment
 
     if event not in EVENT_KINDS:
@@ -80,7 +82,10 @@ def deployment_event_locked(deployment: Any, event: str, **fields: Any) -> int:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("deployment_event_locked needs the transaction that locked the deployment")
     deployment.sequence += 1
-    Deployment.objects.all_tenants().filter(pk=deployment.pk).update(sequence=deployment.sequence)
+    if save:
+        deployment.save(update_fields=[*save, "sequence"])
+    else:
+        Deployment.objects.all_tenants().filter(pk=deployment.pk).update(sequence=deployment.sequence)
     _send(deployment, deployment_message(deployment, event, **fields))
     return int(deployment.sequence)
 

@@ -560,7 +560,7 @@ def deployment_release_quota(deployment_id: int) -> int:
 
 
 # --- launching --------------------------------------------------------------------------------------------------
-def deployment_launch(deployment_id: int, *, run_first_here: bool = False) -> Deployment:
+def deployment_launch(deployment_id: int, *, run_first_here: bool = False) -> None:
     """Ask the before-launch hooks (no transaction open: they are HTTP calls), then start provisioning. Safe to run
     twice: only the run that moves the deployment out of `requested` continues. `run_first_here` (the launch task)
     runs the first create operation in this process instead of queueing it; the periodic resume, which launches
@@ -581,13 +581,11 @@ def deployment_launch(deployment_id: int, *, run_first_here: bool = False) -> De
                                                                                    "message": verdict.message})
             return deployment
         deployment.state = D.PROVISIONING
-        deployment.save(update_fields=["state", "updated_at"])
-        deployment_event_locked(deployment, "state")
+        deployment_event_locked(deployment, "state", save=("state", "updated_at"))
     if run_first_here:
         _advance_and_run_first(deployment_id)
     else:
         deployment_advance(deployment_id)
-    return Deployment.objects.all_tenants().get(pk=deployment_id)
 
 
 def _advance_and_run_first(deployment_id: int) -> None:

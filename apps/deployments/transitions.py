@@ -59,8 +59,9 @@ def transition(
         fields.append("error")
     locked.save(update_fields=fields)
     _copy(locked, instance)
-    deployment = deployment_refresh_state(locked.deployment_id, bump=False)
-    deployment_event_locked(deployment, "transition", instance=locked.pk, state=to, previous=row.from_state)
+    deployment, changed = _refresh_state(locked.deployment_id)
+    deployment_event_locked(deployment, "transition", instance=locked.pk, state=to, previous=row.from_state,
+                            save=("state", "updated_at") if changed else ())
     return row
 
 
@@ -71,22 +72,32 @@ def _copy(source: Instance, target: Instance) -> None:
 
 def deployment_refresh_state(deployment_id: int, *, bump: bool = True) -> Deployment:
     """Set the deployment's state from its instances (locked, so concurrent transitions agree). With `bump`, a
-    change is announced as a "state" event; `transition` announces its own event instead, which carries the
-    deployment's state too. The returned deployment stays locked until the caller's transaction ends."""
+    change is announced as a "state" event. The returned deployment stays locked until the caller's transaction
+    ends."""
+    deployment, changed = _refresh_state(deployment_id)
+    if changed:
+        if bump:
+            deployment_event_locked(deployment, "state", save=("state", "updated_at"))
+        else:
+            deployment.save(update_fields=["state", "updated_at"])
+    return deployment
+
+
+def _refresh_state(deployment_id: int) -> tuple[Deployment, bool]:
+    """Lock the deployment and derive its state from its instances; a change is made on the object (and the quota
+    given back when every server is gone) but left to the caller to write, with the event it sends."""
     deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
     states = Instance.objects.all_tenants().filter(deployment_id=deployment_id).values_list("state", flat=True)
     derived = derive_deployment_state(deployment.state, states)
-    if derived != deployment.state:
-        deployment.state = derived
-        deployment.save(update_fields=["state", "updated_at"])
-        if derived == DeploymentState.DELETED:
-            # every server is gone, however that came about (a delete, or the reconciler seeing them go): the
-            # quota is given back here, once (a release of a released reservation changes nothing)
-            from apps.deployments.quotas import quota_release
+    if derived == deployment.state:
+        return deployment, False
+    deployment.state = derived
+    if derived == DeploymentState.DELETED:
+        # every server is gone, however that came about (a delete, or the reconciler seeing them go): the quota is
+        # given back here, once (a release of a released reservation changes nothing)
+        from apps.deployments.quotas import quota_release
 
-            for reservation in QuotaReservation.objects.all_tenants().filter(deployment_id=deployment_id,
-                                                                             released_at__isnull=True):
-                quota_release(reservation)
-        if bump:
-            deployment_event_locked(deployment, "state")
-    return deployment
+        for reservation in QuotaReservation.objects.all_tenants().filter(deployment_id=deployment_id,
+                                                                         released_at__isnull=True):
+            quota_release(reservation)
+    return deployment, True

@@ -345,3 +345,36 @@ def test_image_push_holds_a_lease_long_enough_for_an_upload(account, tmp_path):
     assert calls and calls[0] > 3600
     short = Operation.objects.all_tenants().get(pk=server.pk)
     assert (short.lease_expires_at - before).total_seconds() <= 300
+
+
+def _as_stored(op):
+    fresh = Operation.objects.all_tenants().get(pk=op.pk)
+    return {f.attname: getattr(fresh, f.attname) for f in Operation._meta.concrete_fields}
+
+
+def _as_answered(op):
+    return {f.attname: getattr(op, f.attname) for f in Operation._meta.concrete_fields}
+
+
+def test_a_run_answers_with_the_operation_as_stored_without_reading_it_back(account):
+    """A run that parks or succeeds answers with the object it changed (no second read): every field equals what a
+    fresh read of the row gives, the attempt given back by a park included."""
+    from django.test.utils import CaptureQueriesContext
+
+    op = _start(account, want_public_ip=True, **SERVER)
+    with CaptureQueriesContext(connection) as ctx:
+        parked = operation_run(op.pk, worker_id="w1")
+    last = [q["sql"] for q in ctx.captured_queries if "clouds_operation" in q["sql"]][-1]
+    assert last.startswith("UPDATE"), last  # the release is the run's last word on the row
+    assert parked.state == Operation.State.PENDING and parked.next_attempt_at is not None
+    assert parked.attempt == 0  # waiting is not an attempt
+    assert _as_answered(parked) == _as_stored(op)
+    for _ in range(30):
+        sim_advance(EP, 10)
+        _make_due(op)
+        answered = operation_run(op.pk, worker_id="w1")
+        assert answered is not None and _as_answered(answered) == _as_stored(op)
+        if answered.state == Operation.State.SUCCEEDED:
+            break
+    assert answered.state == Operation.State.SUCCEEDED and answered.result["public_ip"]
+    assert answered.lease_owner == "" and answered.finished_at is not None
