@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef
 
 from apps.clouds.drivers.base import (
     AuthError,
@@ -87,7 +87,9 @@ class SimDriver(CloudDriver):
         crash = False
         with transaction.atomic(using=SIM_DB):
             try:
-                cloud = SimCloud.objects.select_for_update().get(endpoint=self.endpoint or "")
+                cloud = (SimCloud.objects.select_for_update(of=("self",))
+                         .annotate(has_faults=Exists(SimFault.objects.filter(cloud=OuterRef("pk"), is_active=True)))
+                         .get(endpoint=self.endpoint or ""))
             except SimCloud.DoesNotExist:
                 raise InvalidRequestError(
                     f"No simulated cloud answers at {self.endpoint!r}: check the account's endpoint."
@@ -125,6 +127,8 @@ class SimDriver(CloudDriver):
 
     def _fire_faults(self, cloud: SimCloud, method: str) -> dict[str, Any]:
         effects: dict[str, Any] = {}
+        if not getattr(cloud, "has_faults", True):  # read with the cloud's lock: no fault to look for
+            return effects
         faults = SimFault.objects.filter(cloud=cloud, is_active=True).filter(method__in=[method, "*"])
         for fault in faults:
             fault.seen += 1
