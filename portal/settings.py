@@ -98,6 +98,7 @@ elif env.bool("DATABASE_POOL", default=True):
     # gives it, and Celery closes a task's connections when it ends, so without a pool every request and every task
     # paid a new PostgreSQL connection (and the server a new backend process). Closing returns the connection.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # persistent connections and a pool exclude each other
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks a connection before handing it out
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=12),

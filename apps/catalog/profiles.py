@@ -23,9 +23,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q, Window
-from django.db.models.functions import Coalesce, RowNumber
+from django.db.models.functions import Coalesce, Collate, RowNumber
 from django.utils.text import slugify
 
 from apps.accounts.models import Organization, Project, User
@@ -276,7 +276,7 @@ def best_flavors(organization_id: int, arch: str, account_ids: set[int], need: _
                     F("vcpus").asc(),
                     F("ram_mb").asc(),
                     price.asc(nulls_last=True),
-                    F("name").asc(),
+                    Collate(F("name"), _codepoint_collation()).asc(),
                     F("pk").asc(),
                 ],
             )
@@ -284,6 +284,12 @@ def best_flavors(organization_id: int, arch: str, account_ids: set[int], need: _
         .filter(rank=1)
     )
     return {(f.account_id, f.region): f for f in ranked}
+
+
+def _codepoint_collation() -> str:
+    """Names compared by code point, as Python compares them in `_flavor_order` (a database's default collation
+    may sort "compute-large" before "Large")."""
+    return "C" if connections[Flavor.objects.db].vendor == "postgresql" else "BINARY"
 
 
 def _synced_regions(organization_id: int, account_ids: set[int]) -> set[tuple[int, str]]:

@@ -179,7 +179,8 @@ class S3Store:
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3", **self._options)
+            # a session of its own: boto3's default session is not safe to build clients from in parallel threads
+            self._client = boto3.session.Session().client("s3", **self._options)
         return self._client
 
     def _errors(self, action: str) -> Any:

@@ -31,13 +31,15 @@ _system_scope: contextvars.ContextVar[bool] = contextvars.ContextVar("skyport_sy
 # flat. SQLite may reuse the id of a rolled-back row: there nothing is remembered.
 _PROJECT_ORGS: dict[int, int | None] = {}
 PROJECT_ORGS_MAX = 4096
+_UNKNOWN = object()
 
 
 def project_organization_id(project_id: int) -> int | None:
     """The organisation of a project (None: no such project), read once per process: every tenant row with a
     project checks it on save, several times per launch."""
-    if project_id in _PROJECT_ORGS:
-        return _PROJECT_ORGS[project_id]
+    known = _PROJECT_ORGS.get(project_id, _UNKNOWN)  # one read: another thread may clear the dict meanwhile
+    if known is not _UNKNOWN:
+        return known  # type: ignore[return-value]
     from apps.accounts.models import Project
 
     org_id = Project._base_manager.filter(pk=project_id).values_list("organization_id", flat=True).first()

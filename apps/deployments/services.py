@@ -569,17 +569,17 @@ def deployment_launch(deployment_id: int, *, run_first_here: bool = False) -> No
 
     deployment = Deployment.objects.all_tenants().get(pk=deployment_id)
     if deployment.state != D.REQUESTED:
-        return deployment
+        return
     verdict = hooks_before_launch(deployment)
     with transaction.atomic():
         deployment = Deployment.objects.all_tenants().select_for_update(of=("self",)).get(pk=deployment_id)
         if deployment.state != D.REQUESTED:
-            return deployment
+            return
         if not verdict.allowed:
             _end_before_launch(deployment, D.VETOED, verdict.message or "A launch policy hook refused it.")
             audit.record(actor=None, verb="deployment.veto", obj=deployment, extra={"hook": verdict.hook,
                                                                                    "message": verdict.message})
-            return deployment
+            return
         deployment.state = D.PROVISIONING
         deployment_event_locked(deployment, "state", save=("state", "updated_at"))
     if run_first_here:

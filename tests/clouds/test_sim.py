@@ -267,3 +267,25 @@ def test_sim_is_disabled_unless_enabled(settings):
     settings.SKYPORT_ENABLE_SIM = False
     with pytest.raises(InvalidRequestError, match="Unknown or disabled"):
         build_driver("sim", credentials={"api_key": KEY}, region="r1", endpoint=EP, options={})
+
+
+def _fault_queries(call):
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["sim"]) as ctx:
+        call()
+    return sum(1 for q in ctx.captured_queries if "simcloud_simfault" in q["sql"] and q["sql"].startswith("SELECT"))
+
+
+def test_calls_of_a_cloud_without_faults_make_no_fault_query_and_a_new_fault_still_fires(cloud):
+    d = _driver()
+    assert _fault_queries(d.list_servers) == 1  # a new cloud looks once, finds none
+    assert sim_cloud(EP).faults_possible is False
+    assert _fault_queries(d.list_servers) == 0
+    sim_fault_add(EP, kind="error", method="list_servers", error="transient", times=1)
+    assert sim_cloud(EP).faults_possible is True  # on the cloud's row: a call waiting for its lock sees it
+    with pytest.raises(TransientError):
+        d.list_servers()
+    assert _fault_queries(d.list_servers) == 1  # fired its one time: the next call looks, finds none active
+    assert sim_cloud(EP).faults_possible is False
+    assert _fault_queries(d.list_servers) == 0

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef
+from django.db.models import Count
 
 from apps.clouds.drivers.base import (
     AuthError,
@@ -87,9 +87,7 @@ class SimDriver(CloudDriver):
         crash = False
         with transaction.atomic(using=SIM_DB):
             try:
-                cloud = (SimCloud.objects.select_for_update(of=("self",))
-                         .annotate(has_faults=Exists(SimFault.objects.filter(cloud=OuterRef("pk"), is_active=True)))
-                         .get(endpoint=self.endpoint or ""))
+                cloud = SimCloud.objects.select_for_update().get(endpoint=self.endpoint or "")
             except SimCloud.DoesNotExist:
                 raise InvalidRequestError(
                     f"No simulated cloud answers at {self.endpoint!r}: check the account's endpoint."
@@ -118,7 +116,7 @@ class SimDriver(CloudDriver):
                 except CloudError as exc:
                     failure = exc
                 crash = bool(effects.get("crash"))
-            cloud.save(update_fields=["calls", "call_counts", "clock_offset", "serial"])
+            cloud.save(update_fields=["calls", "call_counts", "clock_offset", "serial", "faults_possible"])
         if failure is not None:
             raise failure
         if crash:
@@ -127,10 +125,13 @@ class SimDriver(CloudDriver):
 
     def _fire_faults(self, cloud: SimCloud, method: str) -> dict[str, Any]:
         effects: dict[str, Any] = {}
-        if not getattr(cloud, "has_faults", True):  # read with the cloud's lock: no fault to look for
+        if not cloud.faults_possible:  # read with the cloud's lock; adding a fault sets it on the same row
             return effects
-        faults = SimFault.objects.filter(cloud=cloud, is_active=True).filter(method__in=[method, "*"])
-        for fault in faults:
+        active = list(SimFault.objects.filter(cloud=cloud, is_active=True))
+        if not active:
+            cloud.faults_possible = False  # saved with the call's counters
+            return effects
+        for fault in (f for f in active if f.method in (method, "*")):
             fault.seen += 1
             if fault.on_call is not None:
                 fires = fault.seen == fault.on_call

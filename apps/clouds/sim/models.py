@@ -26,6 +26,9 @@ class SimCloud(models.Model):
     calls = models.PositiveBigIntegerField(default=0)  # every driver call, faults included
     call_counts = models.JSONField(default=dict)  # per method
     serial = models.PositiveBigIntegerField(default=0)  # source of ids and addresses
+    # False once a call found no active fault; adding a fault sets it again (on this row, so a call waiting for the
+    # row's lock sees it): calls of a cloud without faults make no fault query while they hold the lock
+    faults_possible = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -98,7 +98,12 @@ def sim_fault_add(endpoint: str, *, kind: str, method: str = "*", **fields: Any)
     `kind="throttle", rate=0.3`, `kind="latency", seconds=12`, `kind="die", seconds=60`, `kind="stuck"`."""
     if kind not in SimFault.Kind.values:
         raise ValueError(f"unknown sim fault kind {kind!r}")
-    return SimFault.objects.create(cloud=sim_cloud(endpoint), kind=kind, method=method, **fields)
+    with transaction.atomic(using=SIM_DB):
+        cloud = sim_cloud(endpoint)
+        fault = SimFault.objects.create(cloud=cloud, kind=kind, method=method, **fields)
+        # on the cloud's row, in the same transaction: a call waiting for that row's lock sees it once it gets it
+        SimCloud.objects.filter(pk=cloud.pk).update(faults_possible=True)
+    return fault
 
 
 def sim_faults_clear(endpoint: str) -> int:
