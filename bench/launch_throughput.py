@@ -102,10 +102,12 @@ def fire(client: Client, project: int, *, launches: int, clients: int, run: str)
             return
         finally:
             launch.answered = time.monotonic()
-        if launch.status == 201 and isinstance(answer, dict):
+        # 200: the client retried on a dropped keep-alive connection and the server replayed this Idempotency-Key's
+        # launch (the same deployment, made once)
+        if launch.status in (200, 201) and isinstance(answer, dict) and "id" in answer:
             launch.deployment = int(answer["id"])
         else:
-            launch.error = json.dumps(answer)[:300]
+            launch.error = f"{launch.status}: {json.dumps(answer)[:300]}"
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, results))
@@ -193,7 +195,8 @@ def main() -> None:
         dead = stack.alive()
         load_after = os.getloadavg()
 
-        ok = [launch for launch in launches if launch.status == 201]
+        ok = [launch for launch in launches if launch.deployment is not None]
+        replayed = sum(1 for launch in ok if launch.status == 200)
         done = [launch for launch in ok if launch.running is not None]
         request_ms = [(launch.answered - launch.sent) * 1000 for launch in ok]
         to_running = [(launch.running - launch.sent) for launch in done if launch.running is not None]
@@ -204,7 +207,8 @@ def main() -> None:
         errors = [launch.error for launch in launches if launch.error][:5]
         pending = still_pending(client, launches)
         results = {
-            "launches": args.launches, "answered_201": len(ok), "reached_running": len(done),
+            "launches": args.launches, "answered": len(ok), "replayed_after_retry": replayed,
+            "reached_running": len(done),
             "not_running_by_api_state": pending, "first_errors": errors, "exited_processes": dead,
             "request_seconds_total": fired, "request_rate": args.launches / fired,
             "request_latency_ms": summary(request_ms),
@@ -214,7 +218,8 @@ def main() -> None:
             "ratio_launch_requests_to_me": (args.launches / fired) / base_me["per_second"],
             "websocket_events": watcher.events, "load_after": load_after,
         }
-        say(f"answered 201: {len(ok)}/{args.launches}; running: {len(done)}; not seen running: {pending or 'none'}")
+        say(f"answered: {len(ok)}/{args.launches} (replayed after a client retry: {replayed}); running: {len(done)}; "
+            f"not seen running: {pending or 'none'}")
         if errors:
             say(f"first errors: {errors}")
         if dead:
