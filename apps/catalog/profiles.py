@@ -83,7 +83,7 @@ def _gib(ram_mb: int) -> str:
 
 
 def describe_size(vcpus: int, ram_mb: int, disk_gb: int = 0, gpus: int = 0) -> str:
-    """ "4 vCPU / 8 GiB RAM" (plus the disk and GPUs when asked for)."""
+    """"4 vCPU / 8 GiB RAM" (plus the disk and GPUs when asked for)."""
     parts = [f"{vcpus} vCPU", f"{_gib(ram_mb)} GiB RAM"]
     if disk_gb:
         parts.append(f"{disk_gb} GB disk")
